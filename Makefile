@@ -1,0 +1,33 @@
+# One command sets up and runs the tests; one sets up and runs the main job.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-unit demo bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 goes in first: it is the CPU build on this machine's disk, and the
+# project's range (torch>=2.4) is then already satisfied, so no multi-GB CUDA build is pulled.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+demo: $(STAMP)
+	$(VENV)/bin/bfn quickstart
+
+bench: $(STAMP)
+	$(PY) bench/core.py
+
+clean:
+	rm -rf $(VENV) .bfn build *.egg-info

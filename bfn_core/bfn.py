@@ -1,0 +1,78 @@
+"""The BFN module: a network Psi(theta, t), a Bayesian flow and its losses, as one nn.Module."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bfn_core._checks import check_n_steps
+from bfn_core.distributions import OutputDistribution
+from bfn_core.flows import Params
+from bfn_core.losses import Loss
+from bfn_core.samplers import bfn_sampler
+
+
+class BFN(nn.Module):
+    """Network + flow + loss. Data x is (B, *dims): floats in [-1, 1], or class indices.
+
+    The network maps the flow's network inputs (B, *dims, C_in) and t (B,) to
+    (B, *dims, C_out) with C_out = loss.factory.net_out_channels.
+    """
+
+    def __init__(self, net: nn.Module, loss: Loss):
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss
+        self.flow = loss.flow
+
+    def net_output(self, theta: Params, t: Tensor) -> Tensor:
+        """Psi(theta, t)."""
+        return self.net(self.flow.params_to_net_inputs(theta), t)
+
+    def output_distribution(self, theta: Params, t: Tensor) -> OutputDistribution:
+        """p_O(. | theta; t)."""
+        return self.loss_fn.factory.get_dist(self.net_output(theta, t), theta, t)
+
+    def _rand(self, x: Tensor, generator) -> Tensor:
+        return torch.rand(x.shape[0], device=x.device, generator=generator)
+
+    def loss(self, x: Tensor, n_steps: int | None = None, generator=None, n_mc: int = 1) -> Tensor:
+        """One-sample Monte Carlo estimate per example (B,) in nats: L^inf, or L^n with n_steps."""
+        self.flow.check_data(x)
+        u = self._rand(x, generator)
+        if n_steps is None:
+            t = u  # t ~ U[0, 1)
+        else:
+            n_steps = check_n_steps(n_steps)
+            t = torch.floor(u * n_steps) / n_steps  # t = (i - 1) / n, i ~ U{1..n}
+        theta = self.flow.flow_sample(x, t, generator)
+        net_out = self.net_output(theta, t)
+        if n_steps is None:
+            return self.loss_fn.cts_time_loss(x, net_out, theta, t)
+        return self.loss_fn.discrete_time_loss(x, net_out, theta, t, n_steps, n_mc=n_mc, generator=generator)
+
+    forward = loss
+
+    def reconstruction_loss(self, x: Tensor, generator=None) -> Tensor:
+        """L^r(x) per example, theta ~ p_F(. | x; 1)."""
+        self.flow.check_data(x)
+        t = torch.ones(x.shape[0], device=x.device)
+        theta = self.flow.flow_sample(x, t, generator)
+        return self.loss_fn.reconstruction_loss(x, self.net_output(theta, t), theta)
+
+    @torch.no_grad()
+    def nll(self, x: Tensor, n_steps: int | None = None, n_repeats: int = 1, n_mc: int = 10, generator=None) -> Tensor:
+        """Upper bound on -ln p(x) per example in nats: mean over repeats of L^n (or L^inf) + L^r."""
+        n_repeats = check_n_steps(n_repeats, "n_repeats")
+        total = torch.zeros(x.shape[0], device=x.device)
+        for _ in range(n_repeats):
+            total += self.loss(x, n_steps, generator, n_mc) + self.reconstruction_loss(x, generator)
+        return total / n_repeats
+
+    @torch.no_grad()
+    def sample(self, shape, n_steps: int, generator=None, return_trajectory=False, callback=None):
+        """n-step samples of data shape (B, *dims); see samplers.bfn_sampler."""
+        device = next(self.parameters()).device
+        return bfn_sampler(
+            self.output_distribution, self.flow, tuple(shape), n_steps, generator=generator,
+            device=device, return_trajectory=return_trajectory, callback=callback,
+        )

@@ -1,0 +1,226 @@
+"""Output distributions p_O(x | theta; t) and the factories that build them from network outputs.
+
+A factory maps (network output, input parameters, t) to a distribution. Network outputs carry a
+trailing channel: continuous (..., 1) noise; discretised (..., 2) = (mu_eps, ln sigma_eps);
+discrete (..., K) logits, or (..., 1) one Bernoulli logit when K = 2.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from bfn_core._checks import check_num_classes
+
+T_MIN = 1e-6  # below this, the output mean is 0 and the std 1 (no information received yet)
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def bin_centres(num_bins: int, device=None, dtype=torch.float32) -> Tensor:
+    """k_c = (2k + 1) / K - 1 for k = 0..K-1 (bins of width 2/K on [-1, 1])."""
+    return (2.0 * torch.arange(num_bins, device=device, dtype=dtype) + 1.0) / num_bins - 1.0
+
+
+def bin_index(x: Tensor, num_bins: int) -> Tensor:
+    """The bin that holds each value of x (inverse of bin_centres)."""
+    return ((x + 1.0) * (num_bins / 2.0)).floor().clamp(0, num_bins - 1).long()
+
+
+def _normal_cdf(z: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+
+
+def _expand_t(t: Tensor, like: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], *([1] * (like.dim() - 1))) if t.dim() else t
+
+
+def _noise_to_data(mu: Tensor, eps: Tensor, t: Tensor, gamma_fn) -> tuple[Tensor, Tensor, Tensor]:
+    """mu / gamma - sqrt((1 - gamma) / gamma) eps (eq. 84), with t clamped to >= t_min."""
+    t = _expand_t(t, mu)
+    gamma = gamma_fn(t.clamp_min(T_MIN))
+    scale = ((1.0 - gamma) / gamma).sqrt()
+    return mu / gamma - scale * eps, scale, t
+
+
+class OutputDistribution(ABC):
+    """p_O(x | theta; t) for one batch; shapes follow the data (B, *dims)."""
+
+    @property
+    @abstractmethod
+    def mean(self) -> Tensor:
+        """E[x] under p_O (for discrete data the vector e_hat over classes, shape (..., K))."""
+
+    @abstractmethod
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """A draw from p_O, in the data space."""
+
+    @property
+    @abstractmethod
+    def mode(self) -> Tensor:
+        """The most probable value, in the data space (what the sampler returns at t = 1)."""
+
+
+class DeltaDistribution(OutputDistribution):
+    """Continuous data: p_O is a point mass at x_hat (eq. 86)."""
+
+    def __init__(self, x_hat: Tensor):
+        self.x_hat = x_hat
+
+    @property
+    def mean(self):
+        return self.x_hat
+
+    @property
+    def mode(self):
+        return self.x_hat
+
+    def sample(self, generator=None):
+        return self.x_hat
+
+
+class DiscretisedNormal(OutputDistribution):
+    """N(mu_x, sigma_x^2) integrated over K bins on [-1, 1], edge bins taking the tails (eq. 108-110)."""
+
+    def __init__(self, mu_x: Tensor, sigma_x: Tensor, num_bins: int, min_prob: float = 1e-5):
+        self.mu_x, self.sigma_x, self.K, self.min_prob = mu_x, sigma_x, num_bins, min_prob
+
+    def _edge_cdfs(self) -> Tensor:
+        """F at the K - 1 inner bin edges, shape (..., K - 1)."""
+        edges = bin_centres(self.K, self.mu_x.device, self.mu_x.dtype)[:-1] + 1.0 / self.K
+        return _normal_cdf((edges - self.mu_x.unsqueeze(-1)) / self.sigma_x.unsqueeze(-1))
+
+    @property
+    def probs(self) -> Tensor:
+        """p_O(k) for every bin, shape (..., K); sums to 1 by construction of the clipped edges."""
+        cdf = self._edge_cdfs()
+        zeros = torch.zeros_like(cdf[..., :1])
+        ones = torch.ones_like(cdf[..., :1])
+        return torch.cat([cdf, ones], -1) - torch.cat([zeros, cdf], -1)
+
+    def log_probs(self) -> Tensor:
+        """ln p_O(k) for every bin; below min_prob, ln(density at the centre x bin width) (reference guard)."""
+        probs = self.probs
+        centres = bin_centres(self.K, self.mu_x.device, self.mu_x.dtype)
+        return self._guarded_log(probs, centres, self.mu_x.unsqueeze(-1), self.sigma_x.unsqueeze(-1))
+
+    def _guarded_log(self, probs, centres, mu, sigma):
+        log_density = -0.5 * ((centres - mu) / sigma) ** 2 - sigma.log() - LOG_SQRT_2PI + math.log(2.0 / self.K)
+        return torch.where(probs < self.min_prob, log_density, probs.clamp_min(self.min_prob).log())
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """ln p_O(x) for x on bin centres; computes only the bin that holds x (no K dimension)."""
+        k = bin_index(x, self.K)
+        centre = (2.0 * k + 1.0) / self.K - 1.0
+        upper = torch.where(k == self.K - 1, torch.ones_like(x), _normal_cdf((centre + 1.0 / self.K - self.mu_x) / self.sigma_x))
+        lower = torch.where(k == 0, torch.zeros_like(x), _normal_cdf((centre - 1.0 / self.K - self.mu_x) / self.sigma_x))
+        return self._guarded_log(upper - lower, centre, self.mu_x, self.sigma_x)
+
+    @property
+    def mean(self):
+        # sum_k p_k c_k written as c_0 + (2/K) sum_j P(bin > j): one pass over the K - 1 edges.
+        return (1.0 / self.K - 1.0) + (2.0 / self.K) * (1.0 - self._edge_cdfs()).sum(-1)
+
+    @property
+    def mode(self):
+        return bin_centres(self.K, self.mu_x.device, self.mu_x.dtype)[self.probs.argmax(-1)]
+
+    def sample(self, generator=None):
+        probs = self.probs.clamp_min(0.0)
+        k = torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator).reshape(probs.shape[:-1])
+        return bin_centres(self.K, self.mu_x.device, self.mu_x.dtype)[k]
+
+
+class CategoricalOutput(OutputDistribution):
+    """Discrete data: p_O = softmax(logits) over K classes per dimension (eq. 171); Bernoulli for K = 2."""
+
+    def __init__(self, logits: Tensor):
+        self.logits = logits
+        self.K = logits.shape[-1]
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.softmax(self.logits, -1)
+
+    def log_probs(self) -> Tensor:
+        return torch.log_softmax(self.logits, -1)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.log_probs().gather(-1, x.unsqueeze(-1)).squeeze(-1)
+
+    @property
+    def mean(self):
+        return self.probs
+
+    @property
+    def mode(self):
+        return self.logits.argmax(-1)
+
+    def sample(self, generator=None):
+        probs = self.probs
+        return torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator).reshape(probs.shape[:-1])
+
+
+class DistributionFactory(ABC):
+    """Maps network outputs (and the input parameters and time they came from) to p_O."""
+
+    @abstractmethod
+    def get_dist(self, net_out: Tensor, theta: tuple[Tensor, ...], t: Tensor) -> OutputDistribution:
+        """p_O(. | theta; t) from the network's output Psi(theta, t)."""
+
+    @property
+    @abstractmethod
+    def net_out_channels(self) -> int:
+        """How many numbers the network must output per data dimension."""
+
+
+class NoisePredictionFactory(DistributionFactory):
+    """Continuous data: the network predicts the noise, x_hat = mu/gamma - sqrt((1-gamma)/gamma) eps_hat."""
+
+    def __init__(self, gamma_fn, x_min: float = -1.0, x_max: float = 1.0):
+        self.gamma_fn, self.x_min, self.x_max = gamma_fn, x_min, x_max
+
+    net_out_channels = 1
+
+    def get_dist(self, net_out, theta, t):
+        mu = theta[0]
+        x_hat, _, t = _noise_to_data(mu, net_out[..., 0], t, self.gamma_fn)
+        x_hat = torch.where(t < T_MIN, torch.zeros_like(x_hat), x_hat.clamp(self.x_min, self.x_max))
+        return DeltaDistribution(x_hat)
+
+
+class DiscretisedNormalFactory(DistributionFactory):
+    """Discretised data: (mu_eps, ln sigma_eps) -> discretised N(mu_x, sigma_x^2) over K bins (eq. 104-105)."""
+
+    def __init__(self, gamma_fn, num_bins: int, log_sigma_clamp: float = 10.0, sigma_range=(1e-3, 10.0)):
+        self.gamma_fn = gamma_fn
+        self.K = check_num_classes(num_bins, "num_bins")
+        self.log_sigma_clamp, self.sigma_range = log_sigma_clamp, sigma_range
+
+    net_out_channels = 2
+
+    def get_dist(self, net_out, theta, t):
+        mu = theta[0]
+        mu_x, scale, t = _noise_to_data(mu, net_out[..., 0], t, self.gamma_fn)
+        sigma_x = (scale * net_out[..., 1].clamp(-self.log_sigma_clamp, self.log_sigma_clamp).exp()).clamp(*self.sigma_range)
+        early = t < T_MIN
+        mu_x = torch.where(early, torch.zeros_like(mu_x), mu_x)
+        sigma_x = torch.where(early, torch.ones_like(sigma_x), sigma_x)
+        return DiscretisedNormal(mu_x, sigma_x, self.K)
+
+
+class CategoricalFactory(DistributionFactory):
+    """Discrete data: K logits per dimension, or one Bernoulli logit when K = 2."""
+
+    def __init__(self, num_classes: int):
+        self.K = check_num_classes(num_classes, "num_classes")
+
+    @property
+    def net_out_channels(self):
+        return 1 if self.K == 2 else self.K
+
+    def get_dist(self, net_out, theta, t):
+        if self.K == 2:
+            net_out = torch.cat([torch.zeros_like(net_out), net_out], -1)
+        return CategoricalOutput(net_out)

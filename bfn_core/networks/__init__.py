@@ -1,0 +1,6 @@
+"""Networks Psi(theta, t): (B, *data_dims, C_in) and t (B,) -> (B, *data_dims, C_out)."""
+from bfn_core.networks.mlp import MLP
+from bfn_core.networks.transformer import Transformer
+from bfn_core.networks.unet import UNet
+
+__all__ = ["MLP", "Transformer", "UNet"]

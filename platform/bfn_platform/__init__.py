@@ -1,0 +1,1 @@
+"""bfn_platform."""
