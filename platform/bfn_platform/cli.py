@@ -9,7 +9,7 @@ from bfn_platform.errors import BfnError
 
 # Each module exposes register(subparsers); its parsers set `func` to a handler taking args.
 # Modules are imported lazily so `bfn --help` does not pay for Ray or MLflow.
-COMMAND_MODULES = ["data", "quickstart"]
+COMMAND_MODULES = ["quickstart"]
 
 EPILOG = """examples:
   bfn quickstart                         train, evaluate and sample a small BFN on the digits set

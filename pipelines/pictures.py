@@ -1,0 +1,89 @@
+"""Pictures people would rather see than read: sample grids, text samples, likelihood-versus-steps plots."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and workers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile (N, H, W, C) images with values in [0, 1] into one (H', W', C) array."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    n, h, w, c = images.shape
+    ncols = ncols or int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), dtype=np.float32)
+    for i, img in enumerate(images):
+        r, col = divmod(i, ncols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    return grid
+
+
+def save_image_grid(images: np.ndarray, path: str | Path, title: str | None = None, scale: int = 4) -> Path:
+    """Write (N, H, W, C) images in [-1, 1] (or {0, 1} class indices) as one PNG grid."""
+    images = np.asarray(images)
+    if images.dtype.kind in "iub":  # class indices: binary images
+        images = images.astype(np.float32)
+    else:
+        images = (images.astype(np.float32) + 1.0) / 2.0
+    grid = np.clip(image_grid(images), 0.0, 1.0)
+    plt = _pyplot()
+    h, w = grid.shape[:2]
+    fig = plt.figure(figsize=(max(2.0, w * scale / 100), max(2.0, h * scale / 100) + (0.3 if title else 0)), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 1 if not title else 0.92])
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_likelihood_plot(table: dict, path: str | Path, title: str = "NLL bound versus steps") -> Path:
+    """Plot the bound (bits per dim, with standard errors) against n; continuous time as a line."""
+    plt = _pyplot()
+    rows = table["rows"]
+    finite = [r for r in rows if r["steps"] is not None]
+    cts = [r for r in rows if r["steps"] is None]
+    unit = table.get("unit", "dim")
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    if finite:
+        ax.errorbar([r["steps"] for r in finite], [r["bits_per_dim"] for r in finite],
+                    yerr=[r["bits_per_dim_se"] for r in finite], marker="o", capsize=3, label="discrete time $L^n + L^r$")
+        ax.set_xscale("log")
+    for r in cts:
+        ax.axhline(r["bits_per_dim"], color="C1", linestyle="--", label="continuous time $L^\\infty + L^r$")
+        ax.axhspan(r["bits_per_dim"] - r["bits_per_dim_se"], r["bits_per_dim"] + r["bits_per_dim_se"], color="C1", alpha=0.2)
+    ax.set_xlabel("steps n")
+    ax.set_ylabel(f"bits / {unit}")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_text_samples(samples: np.ndarray, path: str | Path, alphabet: str) -> Path:
+    """Write (N, L) class-index sequences as one line of text each."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join("".join(alphabet[i] for i in row) for row in np.asarray(samples)) + "\n")
+    return path
