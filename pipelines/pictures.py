@@ -87,3 +87,46 @@ def save_text_samples(samples: np.ndarray, path: str | Path, alphabet: str) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join("".join(alphabet[i] for i in row) for row in np.asarray(samples)) + "\n")
     return path
+
+
+TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"
+
+
+def save_scatter(points: np.ndarray, path: str | Path, title: str | None = None) -> Path:
+    """2-D samples as a scatter plot on [-1, 1]^2."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_samples(samples: np.ndarray, kind: str, stem: str | Path, title: str | None = None,
+                 alphabet: str | None = None) -> Path:
+    """The picture that suits the data: a PNG grid for images (N, H, W, C), text lines for
+    sequences of classes (N, L), a scatter PNG for 2-D points, else a PNG of the values."""
+    samples = np.asarray(samples)
+    stem = Path(stem)
+    if samples.ndim == 4:
+        if kind == "discrete" and samples.max(initial=0) > 1:  # many classes: show as grey levels
+            samples = samples.astype(np.float32) / samples.max() * 2 - 1
+        return save_image_grid(samples, stem.with_suffix(".png"), title=title)
+    if samples.ndim == 2 and kind == "discrete":
+        k = int(samples.max(initial=0)) + 1
+        alphabet = alphabet or (TEXT8_ALPHABET if k <= 27 else None)
+        if alphabet is None or k > len(alphabet):
+            alphabet = "".join(chr(ord("0") + i) if i < 10 else chr(ord("A") + i - 10) for i in range(k))
+        return save_text_samples(samples, stem.with_suffix(".txt"), alphabet)
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        return save_scatter(samples, stem.with_suffix(".png"), title=title)
+    flat = samples.reshape(len(samples), 1, -1, 1)
+    return save_image_grid(np.clip(flat, -1, 1), stem.with_suffix(".png"), title=title)

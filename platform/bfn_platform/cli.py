@@ -9,10 +9,13 @@ from bfn_platform.errors import BfnError
 
 # Each module exposes register(subparsers); its parsers set `func` to a handler taking args.
 # Modules are imported lazily so `bfn --help` does not pay for Ray or MLflow.
-COMMAND_MODULES = ["quickstart"]
+COMMAND_MODULES = ["train", "eval", "sample", "quickstart"]
 
 EPILOG = """examples:
-  bfn quickstart                         train, evaluate and sample a small BFN on the digits set
+  bfn quickstart                         shard digits, train on Ray, evaluate, sample: all in ./.bfn
+  bfn train configs/digits_discretised.yaml --set training.steps=500
+  bfn eval RUN_ID --steps 10,100,inf
+  bfn sample models:/digits@champion --n 64 --steps 100 --out samples
   bfn data shard digits --split train --out .bfn/data/digits
   bfn data inspect .bfn/data/digits/train/manifest.json
 """
@@ -37,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipelines.errors import PipelineError
+
     try:
         result = args.func(args)
-    except BfnError as err:
+    except (BfnError, PipelineError, ValueError) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,218 @@
+"""Typed experiment configs (pydantic), loaded from YAML and validated before anything starts."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.errors import PipelineError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    train: str = Field(description="manifest URL of the training shards (path, file:// or s3://)")
+    val: str | None = Field(None, description="manifest URL of the validation shards")
+    test: str | None = Field(None, description="manifest URL of the test shards")
+    kind: Literal["continuous", "discretised", "discrete"]
+    num_classes: int | None = Field(None, ge=2, description="K bins (discretised) or K classes (discrete)")
+    loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
+    shuffle_buffer: int = Field(1000, ge=1)
+
+
+class MLPConfig(_Strict):
+    network: Literal["mlp"] = "mlp"
+    hidden: int = Field(256, ge=1)
+    depth: int = Field(3, ge=1)
+    time_dim: int = Field(64, ge=2)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class UNetConfig(_Strict):
+    network: Literal["unet"] = "unet"
+    width: int = Field(32, ge=4)
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    blocks_per_level: int = Field(1, ge=1)
+    attention_resolutions: tuple[int, ...] = (8,)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    fourier_exponents: tuple[int, ...] = (7, 8)
+
+
+class TransformerConfig(_Strict):
+    network: Literal["transformer"] = "transformer"
+    width: int = Field(128, ge=8)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+ModelConfig = Annotated[Union[MLPConfig, UNetConfig, TransformerConfig], Field(discriminator="network")]
+
+
+class FlowConfig(_Strict):
+    sigma_1: float | None = Field(None, gt=0.0, lt=1.0, description="continuous and discretised data")
+    beta_1: float | None = Field(None, gt=0.0, description="discrete data: beta_1 itself, not its square root")
+
+
+class LossConfig(_Strict):
+    type: Literal["continuous_time", "discrete_time"] = "continuous_time"
+    n_steps: int | None = Field(None, ge=1, description="n for the discrete-time loss")
+    n_mc: int = Field(1, ge=1, description="Monte Carlo draws of y per example in the discrete-time loss")
+
+    @model_validator(mode="after")
+    def _n_for_discrete_time(self):
+        if self.type == "discrete_time" and self.n_steps is None:
+            raise ValueError("loss.n_steps is required when loss.type is 'discrete_time'")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(2e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TrainingConfig(_Strict):
+    steps: int = Field(ge=1)
+    batch_size: int = Field(32, ge=1, description="per worker")
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    checkpoint_every: int = Field(500, ge=1)
+    val_every: int = Field(500, ge=1)
+    val_batches: int = Field(4, ge=1, description="validation batches per worker")
+    val_steps: list[int | None] = Field(default_factory=lambda: [None], description="step counts of the validation bound (null = continuous time)")
+    log_every: int = Field(10, ge=1)
+    sample_steps: int = Field(100, ge=1, description="sampling steps for the pictures at validation")
+    num_samples: int = Field(16, ge=1)
+    seed: int = 0
+    fail_once_marker: str | None = Field(None, description="test only: raise once at fail_at_step unless this file exists")
+    fail_at_step: int | None = Field(None, ge=1)
+
+
+class ScalingConfig(_Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    max_failures: int = Field(2, ge=0, description="worker or node failures to recover from")
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "bfn"
+    run_name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class StorageConfig(_Strict):
+    path: str | None = Field(None, description="checkpoint storage: local path or s3://bucket/prefix (default ./.bfn/ray_results)")
+
+
+class ExperimentConfig(_Strict):
+    data: DataConfig
+    model: ModelConfig
+    flow: FlowConfig = FlowConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    training: TrainingConfig
+    scaling: ScalingConfig = ScalingConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _kind_needs(self):
+        kind = self.data.kind
+        if kind in ("continuous", "discretised") and self.flow.sigma_1 is None:
+            raise ValueError(f"flow.sigma_1 is required for {kind} data (a value in (0, 1), e.g. 0.001)")
+        if kind == "discrete" and self.flow.beta_1 is None:
+            raise ValueError("flow.beta_1 is required for discrete data (> 0, e.g. 9.0 for binarised MNIST)")
+        if kind in ("discretised", "discrete") and self.data.num_classes is None:
+            raise ValueError(f"data.num_classes is required for {kind} data (an integer >= 2)")
+        return self
+
+    def bfn_kwargs(self) -> dict[str, Any]:
+        """Arguments for bfn_core.make_bfn (apart from the data shape)."""
+        model = self.model.model_dump()
+        network = model.pop("network")
+        return dict(kind=self.data.kind, network=network, num_classes=self.data.num_classes,
+                    sigma_1=self.flow.sigma_1, beta_1=self.flow.beta_1, **model)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, for MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a raw config dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise PipelineError(f"--set takes key=value (e.g. training.steps=100), got {item!r}")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PipelineError(f"--set {key}: {part} is not a section of the config")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: the field's dotted path and what is allowed."""
+    problems = []
+    for e in err.errors():
+        parts = [str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+        if len(parts) > 1 and parts[0] == "model" and parts[1] in ("mlp", "unet", "transformer"):
+            parts.pop(1)  # pydantic names the union member; users know the field by its path
+        loc = ".".join(parts)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see configs/ for examples)"
+        elif e["type"] == "missing":
+            msg = "field required"
+        elif e["type"] == "union_tag_invalid":
+            tags = e["ctx"]["expected_tags"]
+            loc, msg = f"{loc}.{e['ctx']['discriminator'].strip(chr(39))}", None
+            problems.append(f"{loc} must be one of {tags}, got {e['ctx']['tag']!r}")
+            continue
+        problems.append(f"{loc}: {msg}" if loc else msg)
+    return f"invalid config {source}: " + "; ".join(problems)
+
+
+def parse_config(raw: dict, source: str = "") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise PipelineError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply --set overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"config file {path} not found: pass the path of a YAML config (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PipelineError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"config file {path} must hold a mapping of sections (data, model, training, ...)")
+    return parse_config(apply_overrides(raw, overrides or []), str(path))

@@ -1,0 +1,108 @@
+"""Log trained BFNs to MLflow and load them back from a run id, runs:/ or models:/ URI, or a checkpoint."""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bfn_core import BFN, make_bfn
+from pipelines.checkpoints import load_weights, read_config
+from pipelines.errors import PipelineError
+
+MODEL_NAME = "model"  # the logged model's name within its run
+RUN_TAG_MODEL_ID = "bfn.model_id"
+
+
+@dataclass
+class LoadedModel:
+    bfn: BFN
+    config: dict  # the experiment config (JSON form)
+    data_shape: tuple[int, ...]
+    run_id: str | None = None
+
+
+def model_meta(config: dict, data_shape, bfn_kwargs: dict) -> dict:
+    return {"experiment": config, "data_shape": list(data_shape), "bfn": bfn_kwargs, "format": 1}
+
+
+def build(meta: dict, state: dict) -> BFN:
+    bfn = make_bfn(data_shape=tuple(meta["data_shape"]), **meta["bfn"])
+    bfn.load_state_dict(state)
+    return bfn.eval()
+
+
+def log_model(bfn: BFN, meta: dict, run_id: str) -> str:
+    """Log the weights (safetensors) and config as a pyfunc model from code; returns its model URI."""
+    import mlflow
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, cfg = Path(tmp) / "weights.safetensors", Path(tmp) / "config.json"
+        save_file({k: v.detach().cpu().contiguous() for k, v in bfn.state_dict().items()}, str(weights))
+        cfg.write_text(json.dumps(meta, indent=2))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                artifacts={"weights": str(weights), "config": str(cfg)},
+                code_paths=[str(Path(__file__).resolve().parents[1] / "bfn_core")],
+                pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy", "safetensors", "mlflow"],
+            )
+            mlflow.set_tag(RUN_TAG_MODEL_ID, info.model_id)
+    return info.model_uri
+
+
+def resolve_model_uri(ref: str) -> tuple[str, str | None]:
+    """A run id, runs:/RUN[/model] or models:/... -> (model URI to download, run id if known)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    if ref.startswith("models:/"):
+        try:
+            if "@" in ref:
+                name, alias = ref[len("models:/"):].split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            elif ref.count("/") >= 2 and not ref[len("models:/"):].startswith("m-"):
+                name, version = ref[len("models:/"):].split("/", 1)
+                mv = client.get_model_version(name, version)
+            else:
+                return ref, None
+        except MlflowException as err:
+            raise PipelineError(f"unknown model {ref}: {err.message.splitlines()[0]} (list them with `bfn models list`)") from None
+        return f"models:/{mv.name}/{mv.version}", mv.run_id
+    run_id = ref[len("runs:/"):].split("/")[0] if ref.startswith("runs:/") else ref
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"unknown run {run_id}: no such run in {mlflow.get_tracking_uri()} (find runs with `bfn runs list`)") from None
+    model_id = run.data.tags.get(RUN_TAG_MODEL_ID)
+    if not model_id:
+        raise PipelineError(f"run {run_id} has no logged model (status {run.info.status}): train it to the end or resume it with `bfn train --resume {run_id}`")
+    return f"models:/{model_id}", run_id
+
+
+def load_model(ref: str) -> LoadedModel:
+    """Load a trained BFN from a run id, runs:/ or models:/ URI, or a local checkpoint folder."""
+    path = Path(ref)
+    if path.is_dir() and (path / "config.json").exists():
+        meta = read_config(path)
+        return LoadedModel(build(meta, load_weights(path, "ema")), meta["experiment"], tuple(meta["data_shape"]))
+    import mlflow
+    from safetensors.torch import load_file
+
+    uri, run_id = resolve_model_uri(ref)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as err:
+        raise PipelineError(f"could not download model {uri}: {str(err).splitlines()[0][:200]}") from None
+    art = local / "artifacts"
+    try:
+        meta = json.loads((art / "config.json").read_text())
+        state = load_file(str(art / "weights.safetensors"))
+    except Exception as err:
+        raise PipelineError(f"model {uri} is not a bfn model or is damaged ({type(err).__name__}: {str(err)[:120]})") from None
+    return LoadedModel(build(meta, state), meta["experiment"], tuple(meta["data_shape"]), run_id)

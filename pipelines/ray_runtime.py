@@ -1,0 +1,60 @@
+"""Starting or joining Ray, kept on loopback unless a remote cluster is named.
+
+Ray on Linux advertises the machine's network address even for a "local" cluster. With no
+RAY_ADDRESS (or a loopback one) we set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported,
+which makes Ray use 127.0.0.1, and we check every node's address before running anything.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from pipelines.errors import PipelineError
+
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_SESSION_TOKEN", "BFN_HOME")
+
+
+def _is_loopback_address(address: str) -> bool:
+    if not address or address == "auto":
+        return address == ""
+    host = urlparse(address if "://" in address else f"x://{address}").hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+if _is_loopback_address(os.environ.get("RAY_ADDRESS", "")):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import ray  # noqa: E402  (after the loopback switch above)
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Settings the workers need (tracking server, object store, local state); values never logged."""
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env.update(extra or {})
+    return env
+
+
+def check_loopback_nodes(allow_remote: bool) -> None:
+    addrs = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
+    bad = [a for a in addrs if not a.startswith("127.")]
+    if bad and not allow_remote:
+        raise PipelineError(f"Ray nodes advertise non-loopback addresses {bad}: start them with "
+                            "--node-ip-address=127.0.0.x (see `bfn stack up`) or set RAY_ADDRESS to the remote cluster")
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[str, str] | None = None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), or start a local one in this process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"env_vars": worker_env(env)}
+    try:
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+    except ConnectionError as err:
+        raise PipelineError(f"could not connect to the Ray cluster at {address}: {str(err).splitlines()[0]}; "
+                            "check the address (`bfn stack status`) or unset RAY_ADDRESS for a local run") from None
+    check_loopback_nodes(allow_remote=bool(address) and not _is_loopback_address(address))

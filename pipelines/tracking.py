@@ -1,0 +1,92 @@
+"""MLflow tracking: where the store is, whether it answers, experiments and runs.
+
+With no MLFLOW_TRACKING_URI the embedded SQLite store ./.bfn/mlflow.db is used, with artifacts under
+./.bfn/mlartifacts, so every command works on one machine without a server.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+
+BFN_HOME_ENV = "BFN_HOME"
+
+
+def bfn_home() -> Path:
+    """The local state folder (./.bfn unless BFN_HOME says otherwise)."""
+    return Path(os.environ.get(BFN_HOME_ENV, ".bfn")).resolve()
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = bfn_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail early, before any Ray work, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except urllib.error.HTTPError as err:
+        problem = f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise PipelineError(
+        f"MLflow tracking server {uri} is unreachable ({problem}): start it (`bfn stack up`) "
+        "or point MLFLOW_TRACKING_URI at a running server (unset it to use the local ./.bfn store)"
+    )
+
+
+def setup_mlflow() -> str:
+    """Point the MLflow client at the configured store (checked) and return the URI."""
+    import mlflow
+
+    uri = tracking_uri()
+    check_tracking_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """The experiment's id, creating it (with artifacts under ./.bfn for the local store) if needed."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (bfn_home() / "mlartifacts" / name).as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str | None:
+    """The repository's commit, with '-dirty' when the work tree has changes; None outside git."""
+    try:
+        root = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

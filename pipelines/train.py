@@ -1,0 +1,377 @@
+"""Distributed training on Ray Train, tracked in MLflow.
+
+`train_loop_per_worker(config)` is the whole training program of one worker; `train(cfg)` is the
+driver: it checks the tracking server and the data, opens the MLflow run, starts a TorchTrainer,
+and on success logs the final EMA model. Metric history reaches MLflow from rank 0 only, in step
+with the checkpoints (see MetricBuffer), so a run that fails and resumes records one history.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bfn_core import LikelihoodAccumulator, make_bfn, steps_label
+from pipelines.checkpoints import load_checkpoint, load_weights, read_config, save_checkpoint
+from pipelines.config import ExperimentConfig
+from pipelines.errors import PipelineError
+
+RUN_TAG_RAY_NAME = "bfn.ray_run_name"
+RUN_TAG_STORAGE = "bfn.storage_path"
+RUN_TAG_DATA_SHAPE = "bfn.data_shape"
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker
+
+
+class MetricBuffer:
+    """Metrics of rank 0, held until the checkpoint that covers their step is persisted.
+
+    After a failure the run resumes from the last checkpoint; metrics of the steps after it were
+    never sent, so the MLflow history has each step once.
+    """
+
+    def __init__(self, run_id: str | None):
+        self.run_id, self.pending = run_id, []
+
+    def add(self, step: int, **values: float) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
+
+    def flush(self) -> None:
+        if self.run_id is None or not self.pending:
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        for i in range(0, len(self.pending), 500):
+            client.log_batch(self.run_id, metrics=self.pending[i: i + 500])
+        self.pending = []
+
+
+def _lr_factor(step: int, warmup: int) -> float:
+    return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
+
+
+def _train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int, device):
+    """Endless batches of this rank's share; the epoch (and its shuffle) follows from the step."""
+    from pipelines.data.reader import make_loader
+
+    epoch = 0
+    while True:
+        loader, per_epoch = make_loader(cfg.data.train, batch_size=cfg.training.batch_size, rank=rank, world_size=world,
+                                        num_workers=cfg.data.loader_workers, data_kind=cfg.data.kind,
+                                        num_classes=cfg.data.num_classes, seed=cfg.training.seed, epoch=epoch,
+                                        shuffle_buffer=cfg.data.shuffle_buffer)
+        if epoch == 0 and start_step:
+            epoch = start_step // max(per_epoch, 1)  # resume in the epoch the checkpoint was in
+            continue
+        for batch in loader:
+            yield batch["x"].to(device, non_blocking=True)
+        epoch += 1
+
+
+def _reduce_accumulator(acc: LikelihoodAccumulator, steps, device) -> LikelihoodAccumulator:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return acc
+    vec = torch.tensor([float(acc.count)] + [acc.sums.get(s, 0.0) for s in steps] + [acc.sq_sums.get(s, 0.0) for s in steps],
+                       dtype=torch.float64, device=device)
+    dist.all_reduce(vec)
+    out = LikelihoodAccumulator(list(steps), count=int(vec[0].item()), dims=acc.dims)
+    out.sums = {s: vec[1 + i].item() for i, s in enumerate(steps)}
+    out.sq_sums = {s: vec[1 + len(steps) + i].item() for i, s in enumerate(steps)}
+    return out
+
+
+@torch.no_grad()
+def validate(bfn, cfg: ExperimentConfig, rank: int, world: int, device) -> dict[str, float]:
+    """The bound on this rank's validation batches, reduced over ranks: val_bits_<n> (and val_nats_<n>)."""
+    from bfn_core import evaluate_likelihood
+    from pipelines.data.reader import make_loader
+
+    steps = list(cfg.training.val_steps)
+    loader, _ = make_loader(cfg.data.val, batch_size=cfg.training.batch_size, rank=rank, world_size=world,
+                            num_workers=0, data_kind=cfg.data.kind, num_classes=cfg.data.num_classes,
+                            seed=cfg.training.seed, epoch=0, shuffle_buffer=1)
+    batches = []
+    for i, batch in enumerate(loader):
+        if i >= cfg.training.val_batches:
+            break
+        batches.append(batch["x"].to(device))
+    acc = LikelihoodAccumulator(steps)
+    evaluate_likelihood(bfn, batches, steps=steps, generator=None, accumulator=acc)
+    table = _reduce_accumulator(acc, steps, device).table()
+    out = {}
+    for row in table.rows:
+        out[f"val_bits_{steps_label(row.steps)}"] = row.bits_per_dim
+        out[f"val_nats_{steps_label(row.steps)}"] = row.nats
+    return out
+
+
+def _log_samples(bfn, cfg: ExperimentConfig, data_shape, step: int, run_id: str | None) -> None:
+    from pipelines.pictures import save_samples
+
+    if run_id is None:
+        return
+    from mlflow import MlflowClient
+
+    g = torch.Generator(device=next(bfn.parameters()).device).manual_seed(cfg.training.seed)
+    samples = bfn.sample((cfg.training.num_samples, *data_shape), cfg.training.sample_steps, generator=g).cpu().numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_samples(samples, cfg.data.kind, Path(tmp) / f"samples_step{step:07d}", title=f"step {step}")
+        MlflowClient().log_artifact(run_id, str(path), "samples")
+
+
+def _maybe_fail(cfg: ExperimentConfig, step: int) -> None:
+    """Test-only switch: fail once at a given step (a marker file remembers that it happened)."""
+    t = cfg.training
+    if t.fail_at_step == step and t.fail_once_marker and not os.path.exists(t.fail_once_marker):
+        Path(t.fail_once_marker).write_text(f"failed at step {step}\n")
+        raise RuntimeError(f"injected failure at step {step} (training.fail_at_step)")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: build, restore, train with DDP, validate, checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = ExperimentConfig.model_validate(config["experiment"])
+    data_shape = tuple(config["data_shape"])
+    if config.get("tracking_uri"):
+        os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.training.seed)  # same initial weights on every rank
+
+    bfn = make_bfn(data_shape=data_shape, **cfg.bfn_kwargs()).to(device)
+    ema = copy.deepcopy(bfn).requires_grad_(False)
+    t = cfg.training
+    opt = torch.optim.AdamW(bfn.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
+                            weight_decay=cfg.optimizer.weight_decay)
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            step = load_checkpoint(folder, model=bfn, ema=ema, optimizer=opt)
+    torch.manual_seed(cfg.training.seed * 7919 + rank + step)  # different noise per rank and per restart
+    model = ray.train.torch.prepare_model(bfn)
+    metrics = MetricBuffer(config.get("mlflow_run_id") if rank == 0 else None)
+    n_steps = cfg.loss.n_steps if cfg.loss.type == "discrete_time" else None
+    dims = math.prod(data_shape)
+    use_bf16 = device.type == "cuda"
+    batches = _train_batches(cfg, rank, world, step, device)
+    saved_config = {"experiment": cfg.model_dump(mode="json"), "data_shape": list(data_shape),
+                    "bfn": cfg.bfn_kwargs(), "format": 1}
+    tick, tick_step = time.perf_counter(), step
+    while step < t.steps:
+        x = next(batches)
+        for group in opt.param_groups:
+            group["lr"] = cfg.optimizer.lr * _lr_factor(step, cfg.optimizer.warmup_steps)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = model(x, n_steps, n_mc=cfg.loss.n_mc).mean() / dims  # nats per dimension
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(bfn.parameters(), t.grad_clip or float("inf"))
+        opt.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), bfn.parameters()):
+                e.lerp_(p, 1.0 - t.ema_decay)
+        step += 1
+        _maybe_fail(cfg, step)
+        if step % t.log_every == 0 or step == t.steps:
+            now = time.perf_counter()
+            rate = (step - tick_step) * t.batch_size * world / max(now - tick, 1e-9)
+            tick, tick_step = now, step
+            metrics.add(step, loss=loss.item(), loss_bits_per_dim=loss.item() / math.log(2), grad_norm=grad_norm.item(),
+                        lr=opt.param_groups[0]["lr"], samples_per_second=rate)
+        report = {"step": step, "loss": loss.item()}
+        if cfg.data.val and (step % t.val_every == 0 or step == t.steps):
+            val = validate(ema, cfg, rank, world, device)
+            report.update(val)
+            metrics.add(step, **val)
+            if rank == 0:
+                _log_samples(ema, cfg, data_shape, step, metrics.run_id)
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank == 0:
+                    save_checkpoint(tmp, model=bfn, ema=ema, optimizer=opt, step=step, config=saved_config)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+            metrics.flush()
+        elif any(k.startswith("val_") for k in report):
+            ray.train.report(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model_uri: str
+    checkpoint_path: str
+    metrics: dict
+
+
+def storage_location(path: str | None):
+    """(storage_path, pyarrow filesystem or None) for RunConfig: local folder or s3://bucket/prefix."""
+    from pipelines.tracking import bfn_home
+
+    if not path:
+        return str(bfn_home() / "ray_results"), None
+    if path.startswith("s3://"):
+        import pyarrow.fs
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        kwargs = {}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs = {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        if region:
+            kwargs["region"] = region
+        return path[len("s3://"):].rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    return str(Path(path).resolve()), None
+
+
+def data_shape_of(manifest_url: str, kind: str, num_classes: int | None) -> tuple[int, ...]:
+    """Read the training manifest (a missing one fails here, before Ray starts) and check the kind."""
+    from pipelines.data.manifest import read_manifest
+    from pipelines.data.transforms import output_spec
+
+    manifest = read_manifest(manifest_url)
+    return tuple(output_spec(manifest, kind, num_classes)["shape"])
+
+
+def manifest_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    from pipelines.data.manifest import manifest_digest
+
+    tags = {}
+    for split in ("train", "val", "test"):
+        url = getattr(cfg.data, split)
+        if url:
+            tags[f"bfn.data.{split}.sha256"] = manifest_digest(url)
+            tags[f"bfn.data.{split}.manifest"] = url
+    return tags
+
+
+def _start_run(cfg: ExperimentConfig, data_shape, storage_path: str) -> tuple[str, str]:
+    import mlflow
+    import yaml
+
+    from pipelines.tracking import ensure_experiment, git_commit
+
+    client = mlflow.MlflowClient()
+    exp_id = ensure_experiment(cfg.tracking.experiment)
+    tags = {**cfg.tracking.tags, **manifest_tags(cfg), RUN_TAG_DATA_SHAPE: ",".join(map(str, data_shape)),
+            RUN_TAG_STORAGE: storage_path, "bfn.kind": cfg.data.kind}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(exp_id, run_name=cfg.tracking.run_name, tags=tags)
+    run_id = run.info.run_id
+    ray_name = f"bfn-{run_id}"
+    client.set_tag(run_id, RUN_TAG_RAY_NAME, ray_name)
+    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i: i + 100])
+    client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config.yaml")
+    return run_id, ray_name
+
+
+def train(cfg: ExperimentConfig, *, resume_run: str | None = None, ray_address: str | None = None,
+          num_cpus: int | None = None) -> TrainOutcome:
+    """Run (or resume) a training run: MLflow run -> Ray TorchTrainer -> final EMA model in MLflow."""
+    import mlflow
+
+    from pipelines.model_store import build, log_model
+    from pipelines.ray_runtime import init_ray
+    from pipelines.tracking import setup_mlflow
+
+    uri = setup_mlflow()
+    client = mlflow.MlflowClient()
+    if resume_run:
+        try:
+            run = client.get_run(resume_run)
+        except Exception:
+            raise PipelineError(f"unknown run {resume_run}: nothing to resume (find runs with `bfn runs list`)") from None
+        if RUN_TAG_RAY_NAME not in run.data.tags:
+            raise PipelineError(f"run {resume_run} is not a bfn training run: it has no {RUN_TAG_RAY_NAME} tag")
+        import yaml
+
+        cfg = ExperimentConfig.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{resume_run}/config.yaml")))
+        run_id, ray_name = resume_run, run.data.tags[RUN_TAG_RAY_NAME]
+        data_shape = tuple(int(v) for v in run.data.tags[RUN_TAG_DATA_SHAPE].split(","))
+        storage_path, fs = storage_location(cfg.storage.path)
+        client.update_run(run_id, status="RUNNING")
+    else:
+        data_shape = data_shape_of(cfg.data.train, cfg.data.kind, cfg.data.num_classes)
+        storage_path, fs = storage_location(cfg.storage.path)
+        run_id, ray_name = _start_run(cfg, data_shape, storage_path)
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    try:
+        init_ray(ray_address, num_cpus=num_cpus, env={"MLFLOW_TRACKING_URI": uri})
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"experiment": cfg.model_dump(mode="json"), "data_shape": list(data_shape),
+                               "mlflow_run_id": run_id, "tracking_uri": uri},
+            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+            run_config=RunConfig(name=ray_name, storage_path=storage_path, storage_filesystem=fs,
+                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise PipelineError("training ended without a checkpoint")
+        with result.checkpoint.as_directory() as folder:
+            meta = read_config(folder)
+            model = build(meta, load_weights(folder, "ema"))
+            ckpt_path = result.checkpoint.path
+        model_uri = log_model(model, meta, run_id)
+    except BaseException as err:
+        message = _failure_message(err)
+        try:
+            client.set_tag(run_id, "bfn.error", message[:4000])
+            client.set_terminated(run_id, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        finally:
+            pass
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        if isinstance(err, PipelineError):
+            raise
+        raise PipelineError(f"training run {run_id} failed: {message} (resume with `bfn train --resume {run_id}`)") from err
+    client.set_terminated(run_id, status="FINISHED")
+    return TrainOutcome(run_id, model_uri, ckpt_path, dict(result.metrics or {}))
+
+
+def _failure_message(err: BaseException) -> str:
+    """The innermost cause of a (Ray-wrapped) failure, one line."""
+    seen = err
+    while True:
+        nxt = getattr(seen, "cause", None) or seen.__cause__
+        if nxt is None or nxt is seen:
+            break
+        seen = nxt
+    text = str(seen).strip().splitlines()
+    last = next((ln for ln in reversed(text) if ln.strip()), type(seen).__name__)
+    return f"{type(seen).__name__}: {last.strip()}"[:500]

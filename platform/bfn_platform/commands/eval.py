@@ -1,0 +1,47 @@
+"""`bfn eval RUN_OR_MODEL_URI`: the likelihood table on the test shards, logged to the run."""
+from __future__ import annotations
+
+import argparse
+
+from bfn_platform.console import console
+
+EPILOG = """examples:
+  bfn eval 3f2c9a...                             # a run id: its model and its config's test shards
+  bfn eval models:/digits@champion --steps 10,100,inf --repeats 4
+  bfn eval runs:/3f2c9a.../model --data s3://bucket/digits/test/manifest.json --workers 4
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="likelihood table of a trained model on its test shards", description=__doc__,
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="RUN_OR_MODEL_URI", help="run id, runs:/RUN/model, models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--steps", default="10,25,50,100,1000,inf", help="step counts, 'inf' for continuous time (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=1, help="Monte Carlo repeats per example (default 1)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data", help="test manifest URL (default: the run config's data.test)")
+    p.add_argument("--workers", type=int, default=0, help="Ray tasks to evaluate in parallel (default: by data size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from bfn_core import parse_steps
+    from bfn_platform.console import progress_bar
+    from pipelines.evaluate import evaluate
+
+    steps = parse_steps(args.steps)
+    with progress_bar() as bar:
+        task = bar.add_task("evaluate", total=None, info=f"steps {args.steps}, {args.repeats} repeat(s)")
+        outcome = evaluate(args.model, steps=steps, repeats=args.repeats, batch_size=args.batch_size, manifest=args.data,
+                           workers=args.workers, seed=args.seed, on_progress=lambda k: bar.update(task, advance=k))
+    if args.json:
+        print(json.dumps(outcome.table.to_dict()))
+    else:
+        console.print(outcome.table.format())
+        if outcome.run_id:
+            console.print(f"logged to run {outcome.run_id}: metrics test_bits_*, artifacts {', '.join(outcome.artifacts)}")
+    return 0

@@ -1,0 +1,35 @@
+"""`bfn sample RUN_OR_MODEL_URI`: draw samples, save them as .npy and as a picture (or text)."""
+from __future__ import annotations
+
+import argparse
+
+from bfn_platform.console import console
+
+EPILOG = """examples:
+  bfn sample models:/digits@champion --n 64 --steps 100 --out samples/digits
+  bfn sample 3f2c9a... --n 16 --steps 1000 --seed 3
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained model", description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="RUN_OR_MODEL_URI", help="run id, runs:/RUN/model, models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--steps", type=int, default=100, help="sampling steps (default 100)")
+    p.add_argument("--out", default="samples", help="output path without extension (default: ./samples)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from bfn_platform.console import progress_bar
+    from pipelines.sampling import sample_to_files
+
+    with progress_bar() as bar:
+        task = bar.add_task("sample", total=args.n * args.steps, info=f"{args.n} samples x {args.steps} steps")
+        files = sample_to_files(args.model, n=args.n, steps=args.steps, out=args.out, seed=args.seed,
+                                batch_size=args.batch_size, on_progress=lambda k: bar.update(task, advance=k))
+    console.print("wrote " + ", ".join(str(f) for f in files))
+    return 0
