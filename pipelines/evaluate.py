@@ -37,7 +37,7 @@ def _share(bfn, config: dict, manifest: str, steps, repeats: int, batch_size: in
     data = config["data"]
     loader, _ = make_loader(manifest, batch_size=batch_size, rank=rank, world_size=world, num_workers=0,
                             data_kind=data["kind"], num_classes=data.get("num_classes"), seed=seed, epoch=0,
-                            shuffle_buffer=1, pad=False)
+                            shuffle=False, shuffle_buffer=0)
 
     def batches():
         for batch in loader:
@@ -73,7 +73,8 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
              workers: int = 0, seed: int = 0, log: bool = True,
              on_progress: Callable[[int], None] | None = None) -> EvalOutcome:
     """The bound L^n + L^r for each n in steps on the test set; logged to the model's run when known."""
-    from pipelines.data.manifest import load_manifest, manifest_digest
+    from pipelines.data.manifest import load_manifest
+    from pipelines.train import manifest_digest
     from pipelines.model_store import load_model
     from pipelines.tracking import setup_mlflow
 

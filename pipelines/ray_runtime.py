@@ -53,7 +53,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+            # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
+            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+                     log_to_driver=True)
     except ConnectionError as err:
         raise PipelineError(f"could not connect to the Ray cluster at {address}: {str(err).splitlines()[0]}; "
                             "check the address (`bfn stack status`) or unset RAY_ADDRESS for a local run") from None

@@ -105,12 +105,14 @@ def validate(bfn, cfg: ExperimentConfig, rank: int, world: int, device) -> dict[
     steps = list(cfg.training.val_steps)
     loader, _ = make_loader(cfg.data.val, batch_size=cfg.training.batch_size, rank=rank, world_size=world,
                             num_workers=0, data_kind=cfg.data.kind, num_classes=cfg.data.num_classes,
-                            seed=cfg.training.seed, epoch=0, shuffle_buffer=1)
+                            seed=cfg.training.seed, epoch=0, shuffle=False, shuffle_buffer=0)
     batches = []
     for i, batch in enumerate(loader):
         if i >= cfg.training.val_batches:
             break
-        batches.append(batch["x"].to(device))
+        x = batch["x"][~batch["pad"]]  # padding repeats samples: count each once
+        if len(x):
+            batches.append(x.to(device))
     acc = LikelihoodAccumulator(steps)
     evaluate_likelihood(bfn, batches, steps=steps, generator=None, accumulator=acc)
     table = _reduce_accumulator(acc, steps, device).table()
@@ -251,17 +253,54 @@ def storage_location(path: str | None):
 
 
 def data_shape_of(manifest_url: str, kind: str, num_classes: int | None) -> tuple[int, ...]:
-    """Read the training manifest (a missing one fails here, before Ray starts) and check the kind."""
-    from pipelines.data.manifest import read_manifest
-    from pipelines.data.transforms import output_spec
+    """Read the training manifest (a missing one fails here, before Ray starts) and check that it
+    can be read as (kind, K): transforms are elementwise, so the stored shape is the data shape."""
+    from pipelines.data.manifest import load_manifest
+    from pipelines.data.transforms import make_transform
 
-    manifest = read_manifest(manifest_url)
-    return tuple(output_spec(manifest, kind, num_classes)["shape"])
+    manifest = load_manifest(manifest_url)
+    try:
+        make_transform(manifest.field, kind, num_classes, default=manifest.default_read)
+    except ValueError as err:
+        raise PipelineError(f"data {manifest_url} cannot be read as {kind} data with K={num_classes}: {err}") from None
+    return tuple(manifest.field.shape)
+
+
+def absolute_urls(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Local paths made absolute: Ray workers do not run in the driver's working directory."""
+    def fix(url):
+        if not url or "://" in url:
+            return url
+        return str(Path(url).resolve())
+
+    data = cfg.data.model_copy(update={k: fix(getattr(cfg.data, k)) for k in ("train", "val", "test")})
+    storage = cfg.storage.model_copy(update={"path": fix(cfg.storage.path)})
+    training = cfg.training.model_copy(update={"fail_once_marker": fix(cfg.training.fail_once_marker)})
+    return cfg.model_copy(update={"data": data, "storage": storage, "training": training})
+
+
+def check_data(cfg: ExperimentConfig) -> tuple[int, ...]:
+    """Every manifest of the config exists and reads as the config's data kind; returns the data shape."""
+    shape = data_shape_of(cfg.data.train, cfg.data.kind, cfg.data.num_classes)
+    for split in ("val", "test"):
+        url = getattr(cfg.data, split)
+        if url and data_shape_of(url, cfg.data.kind, cfg.data.num_classes) != shape:
+            raise PipelineError(f"data.{split} {url} holds examples of another shape than data.train {cfg.data.train}")
+    return shape
+
+
+def manifest_digest(manifest_url: str) -> str:
+    """A content digest of a shard set: sha256 over its shards' sha256 (not the creation time)."""
+    import hashlib
+
+    from pipelines.data.manifest import load_manifest
+
+    m = load_manifest(manifest_url)
+    text = "\n".join([m.dataset, m.split] + [f"{s.name}:{s.sha256}" for s in m.shards])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def manifest_tags(cfg: ExperimentConfig) -> dict[str, str]:
-    from pipelines.data.manifest import manifest_digest
-
     tags = {}
     for split in ("train", "val", "test"):
         url = getattr(cfg.data, split)
@@ -321,7 +360,8 @@ def train(cfg: ExperimentConfig, *, resume_run: str | None = None, ray_address: 
         storage_path, fs = storage_location(cfg.storage.path)
         client.update_run(run_id, status="RUNNING")
     else:
-        data_shape = data_shape_of(cfg.data.train, cfg.data.kind, cfg.data.num_classes)
+        cfg = absolute_urls(cfg)
+        data_shape = check_data(cfg)
         storage_path, fs = storage_location(cfg.storage.path)
         run_id, ray_name = _start_run(cfg, data_shape, storage_path)
 
