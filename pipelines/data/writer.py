@@ -1,0 +1,145 @@
+"""Write one split of a data set as webdataset tar shards plus a manifest, locally or on S3.
+
+Layout: ``OUT/SPLIT/SPLIT-000000.tar``, ``OUT/SPLIT/SPLIT-000001.tar``, ... and
+``OUT/SPLIT/manifest.json``.  The order of operations is what makes it safe:
+
+1. check that OUT can be written (a clear error before any download or work);
+2. delete an existing manifest, so from now on no reader trusts the old shard set;
+3. write each shard whole (temporary name then rename locally; one PUT on S3);
+4. write the manifest last, atomically;
+5. delete stale shards a previous, larger write left behind.
+
+An exception anywhere before step 4 leaves no manifest (and the shards of this run are removed on a
+best-effort basis).  The bytes of every shard are a function of the source and ``seed`` only (fixed
+tar metadata, seeded sample order), so two writes with the same seed have the same sha256s.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Callable
+
+import numpy as np
+
+from pipelines.data import storage
+from pipelines.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, write_manifest
+from pipelines.data.sources import DatasetSource, get_source
+from pipelines.data.tarlayout import record_bytes
+from pipelines.errors import PipelineError
+
+DEFAULT_SHARD_SIZE = 1000
+ShardProgressFn = Callable[[int, int, str], None]  # (samples written, samples in total, current shard)
+DownloadProgressFn = Callable[[int, "int | None"], None]
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _tar_bytes(keys: list[str], member: str, payloads: list[bytes]) -> bytes:
+    """One shard: a plain ustar tar with fixed metadata, one regular member ``KEY.MEMBER`` per sample.
+
+    Written with ``tarfile`` in USTAR format (webdataset's TarWriter ignores its ``format`` argument
+    and would fall back to PAX records for anything unusual), so the fixed record layout the
+    reader relies on (tarlayout.py) always holds; webdataset reads these shards as any other.
+    """
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, payload in zip(keys, payloads):
+            info = tarfile.TarInfo(f"{key}.{member}")
+            info.size, info.mtime, info.mode = len(payload), 0, 0o444
+            info.uname = info.gname = "bfn"
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                 seed: int = 0, source_dir: str | None = None, limit: int | None = None,
+                 on_progress: ShardProgressFn | None = None,
+                 on_download: DownloadProgressFn | None = None) -> Manifest:
+    """Write ``split`` of ``source`` under ``out_url``/``split``/ and return the manifest written.
+
+    Samples are written in an order drawn from ``seed`` (so each shard mixes the whole split and
+    a reader's shuffle buffer needs only to mix across shards); each sample's key is its index in
+    the source split, zero-padded, so a read sample can always be traced back to its source.
+    ``limit`` keeps only the first ``limit`` samples of that order (a random subset, for smoke runs).
+    """
+    if isinstance(source, str):
+        source = get_source(source)
+    source.check_split(split)
+    if shard_size < 1:
+        raise PipelineError(f"--shard-size must be at least 1, not {shard_size}")
+    if limit is not None and limit < 1:
+        raise PipelineError(f"--limit must be at least 1, not {limit}")
+    split_url = storage.join(out_url, split)
+    manifest_url = storage.join(split_url, MANIFEST_NAME)
+
+    storage.check_writable(split_url)
+    storage.delete(manifest_url)
+
+    loaded = source.load(split, source_dir=source_dir, seed=seed, on_progress=on_download)
+    data, field = loaded.data, source.field
+    order = np.random.default_rng([int(seed), 0x5A4D]).permutation(len(data))
+    if limit is not None:
+        order = order[:limit]
+    total = len(order)
+    if total == 0:
+        raise PipelineError(f"{source.name}/{split} has no samples to write")
+    width = max(6, len(str(len(data) - 1)))
+    member = field.member("x")
+
+    shards: list[ShardInfo] = []
+    written: list[str] = []
+    try:
+        for index, start in enumerate(range(0, total, shard_size)):
+            chunk = order[start:start + shard_size]
+            name = shard_name(split, index)
+            payload = _tar_bytes([f"{int(i):0{width}d}" for i in chunk], member, [field.encode(data[i]) for i in chunk])
+            url = storage.join(split_url, name)
+            storage.write_bytes(url, payload, durable=True)
+            written.append(url)
+            shards.append(ShardInfo(name, len(chunk), hashlib.sha256(payload).hexdigest(), len(payload)))
+            if on_progress is not None:
+                on_progress(start + len(chunk), total, name)
+        manifest = Manifest(
+            dataset=source.name, split=split, shards=shards, schema={"x": field},
+            default_read=source.default_read, variants=dict(source.variants),
+            source={**loaded.info, "description": source.description, "samples_in_split": int(len(data))},
+            seed=int(seed), shard_size=int(shard_size),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            writer={"package": "bfn-platform", "version": _version("bfn-platform"),
+                    "webdataset": _version("webdataset")},
+            layout={"tar": "ustar", "record_bytes": record_bytes(field.nbytes), "key_chars": width},
+            url=manifest_url,
+        )
+        write_manifest(manifest, manifest_url)
+    except BaseException:
+        for url in written:  # best effort: the missing manifest already makes them invisible
+            try:
+                storage.delete(url)
+            except Exception:
+                pass
+        raise
+    _delete_stale_shards(split_url, split, {s.name for s in shards})
+    return manifest
+
+
+def _delete_stale_shards(split_url: str, split: str, keep: set[str]) -> None:
+    pattern = re.compile(rf"^{re.escape(split)}-\d{{6}}\.tar$")
+    try:
+        for name in storage.list_names(split_url):
+            if pattern.match(name) and name not in keep:
+                storage.delete(storage.join(split_url, name))
+    except PipelineError:
+        pass  # stale shards are invisible without a manifest entry; never fail a good write for them
