@@ -65,20 +65,24 @@ def _lr_factor(step: int, warmup: int) -> float:
 
 
 def _train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int, device):
-    """Endless batches of this rank's share; the epoch (and its shuffle) follows from the step."""
+    """Endless batches of this rank's share. The epoch (and so its shuffle) follows from the step, and
+    a resumed run skips the batches its checkpoint had already seen: the data order is the one an
+    uninterrupted run would have had."""
     from pipelines.data.reader import make_loader
 
-    epoch = 0
+    epoch, skip = 0, start_step
     while True:
         loader, per_epoch = make_loader(cfg.data.train, batch_size=cfg.training.batch_size, rank=rank, world_size=world,
                                         num_workers=cfg.data.loader_workers, data_kind=cfg.data.kind,
                                         num_classes=cfg.data.num_classes, seed=cfg.training.seed, epoch=epoch,
                                         shuffle_buffer=cfg.data.shuffle_buffer)
-        if epoch == 0 and start_step:
-            epoch = start_step // max(per_epoch, 1)  # resume in the epoch the checkpoint was in
+        if skip >= per_epoch > 0:
+            epoch, skip = skip // per_epoch, skip % per_epoch  # jump straight to the checkpoint's epoch
             continue
-        for batch in loader:
-            yield batch["x"].to(device, non_blocking=True)
+        for i, batch in enumerate(loader):
+            if i >= skip:
+                yield batch["x"].to(device, non_blocking=True)
+        skip = 0
         epoch += 1
 
 
@@ -145,6 +149,27 @@ def _maybe_fail(cfg: ExperimentConfig, step: int) -> None:
         raise RuntimeError(f"injected failure at step {step} (training.fail_at_step)")
 
 
+def optimisation_step(model, bfn, ema, opt, x, cfg: ExperimentConfig, step: int, dims: int):
+    """One AdamW step on the loss in nats per dimension (bf16 autocast on GPU), clipped, then the EMA.
+
+    `model` is what the forward pass goes through (DDP-wrapped or not), `bfn` owns the parameters.
+    Returns (loss, grad norm before clipping) as tensors."""
+    t = cfg.training
+    for group in opt.param_groups:
+        group["lr"] = cfg.optimizer.lr * _lr_factor(step, cfg.optimizer.warmup_steps)
+    n_steps = cfg.loss.n_steps if cfg.loss.type == "discrete_time" else None
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        loss = model(x, n_steps, n_mc=cfg.loss.n_mc).mean() / dims
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(bfn.parameters(), t.grad_clip or float("inf"))
+    opt.step()
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), bfn.parameters()):
+            e.lerp_(p, 1.0 - t.ema_decay)
+    return loss.detach(), grad_norm
+
+
 def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: build, restore, train with DDP, validate, checkpoint."""
     import ray.train
@@ -172,26 +197,15 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.training.seed * 7919 + rank + step)  # different noise per rank and per restart
     model = ray.train.torch.prepare_model(bfn)
     metrics = MetricBuffer(config.get("mlflow_run_id") if rank == 0 else None)
-    n_steps = cfg.loss.n_steps if cfg.loss.type == "discrete_time" else None
+    if checkpoint is not None:
+        metrics.add(step, resumed_from_step=step)  # one point per restart: where training picked up
     dims = math.prod(data_shape)
-    use_bf16 = device.type == "cuda"
     batches = _train_batches(cfg, rank, world, step, device)
     saved_config = {"experiment": cfg.model_dump(mode="json"), "data_shape": list(data_shape),
                     "bfn": cfg.bfn_kwargs(), "format": 1}
-    tick, tick_step = time.perf_counter(), step
+    tick, tick_step, rate = time.perf_counter(), step, float("nan")
     while step < t.steps:
-        x = next(batches)
-        for group in opt.param_groups:
-            group["lr"] = cfg.optimizer.lr * _lr_factor(step, cfg.optimizer.warmup_steps)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(x, n_steps, n_mc=cfg.loss.n_mc).mean() / dims  # nats per dimension
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(bfn.parameters(), t.grad_clip or float("inf"))
-        opt.step()
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), bfn.parameters()):
-                e.lerp_(p, 1.0 - t.ema_decay)
+        loss, grad_norm = optimisation_step(model, bfn, ema, opt, next(batches), cfg, step, dims)
         step += 1
         _maybe_fail(cfg, step)
         if step % t.log_every == 0 or step == t.steps:
@@ -200,7 +214,7 @@ def train_loop_per_worker(config: dict) -> None:
             tick, tick_step = now, step
             metrics.add(step, loss=loss.item(), loss_bits_per_dim=loss.item() / math.log(2), grad_norm=grad_norm.item(),
                         lr=opt.param_groups[0]["lr"], samples_per_second=rate)
-        report = {"step": step, "loss": loss.item()}
+        report = {"step": step, "loss": loss.item(), "samples_per_second": rate}
         if cfg.data.val and (step % t.val_every == 0 or step == t.steps):
             val = validate(ema, cfg, rank, world, device)
             report.update(val)

@@ -1,0 +1,161 @@
+"""Training on a real two-node Ray cluster, tracked by a real MLflow server: the run's record,
+recovery from a worker failure, evaluation and sampling through the CLI, and bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "digits_discretised.yaml"
+
+
+@pytest.fixture(scope="module")
+def digits_shards(tmp_path_factory):
+    from pipelines.data.writer import write_shards
+
+    root = tmp_path_factory.mktemp("shards") / "digits"
+    for split in ("train", "test"):
+        write_shards("digits", split, str(root), shard_size=100)
+    return root
+
+
+def _config(shards: Path, tmp: Path, **overrides):
+    from pipelines.config import load_config
+
+    sets = {
+        "data.train": shards / "train" / "manifest.json", "data.val": shards / "test" / "manifest.json",
+        "data.test": shards / "test" / "manifest.json", "training.steps": 30, "training.checkpoint_every": 10,
+        "training.val_every": 15, "training.log_every": 5, "training.val_batches": 2, "training.num_samples": 4,
+        "training.sample_steps": 5, "scaling.num_workers": 2, "storage.path": tmp / "ray_results",
+        "model.width": 16, "tracking.experiment": "integration",
+    }
+    sets.update(overrides)
+    return load_config(CONFIG, [f"{k}={v}" for k, v in sets.items()])
+
+
+def _cli(*args, env_extra=None, cwd=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "bfn_platform.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained_run(ray_two_nodes, mlflow_url, digits_shards, tmp_path_factory):
+    """One short 2-worker run, shared by the tests that inspect its record."""
+    import mlflow
+
+    from pipelines.train import train
+
+    tmp = tmp_path_factory.mktemp("run")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
+    os.environ["BFN_HOME"] = str(tmp / ".bfn")
+    mlflow.set_tracking_uri(mlflow_url)
+    outcome = train(_config(digits_shards, tmp))
+    return outcome
+
+
+def test_two_worker_run_is_fully_tracked(trained_run, mlflow_url):
+    import mlflow
+    import numpy as np
+
+    from pipelines.model_store import load_model
+
+    client = mlflow.MlflowClient(mlflow_url)
+    run = client.get_run(trained_run.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.network"] == "unet" and params["model.width"] == "16" and params["scaling.num_workers"] == "2"
+    assert run.data.tags["bfn.data.train.sha256"] and run.data.tags["bfn.kind"] == "discretised"
+    for key in ("loss", "grad_norm", "lr", "samples_per_second", "val_bits_inf"):
+        assert key in run.data.metrics, key
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert steps == [5, 10, 15, 20, 25, 30]
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert any(p.endswith(".png") for p in pictures), pictures
+    loaded = load_model(trained_run.run_id)
+    assert loaded.data_shape == (8, 8, 1)
+    pyfunc = mlflow.pyfunc.load_model(trained_run.model_uri)
+    samples = np.asarray(pyfunc.predict({"n": [3], "steps": [4], "seed": [0]}))
+    assert samples.shape == (3, 8, 8, 1) and np.abs(samples).max() <= 1.0
+
+
+def test_worker_failure_resumes_from_the_last_checkpoint(ray_two_nodes, tracked, digits_shards, tmp_path):
+    import mlflow
+
+    from pipelines.train import train
+
+    marker = tmp_path / "failed-once"
+    cfg = _config(digits_shards, tmp_path, **{"training.steps": 25, "training.fail_at_step": 15,
+                                               "training.fail_once_marker": marker})
+    outcome = train(cfg)
+    assert marker.exists()  # the failure did happen
+    client = mlflow.MlflowClient()
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    resumed = client.get_metric_history(outcome.run_id, "resumed_from_step")
+    assert [m.value for m in resumed] == [10.0]  # continued from the step-10 checkpoint, not from 0
+    steps = [m.step for m in client.get_metric_history(outcome.run_id, "loss")]
+    assert steps == sorted(set(steps)) == [5, 10, 15, 20, 25]  # one history: no step logged twice
+
+
+def test_eval_and_sample_through_the_cli(trained_run, mlflow_url, tmp_path):
+    import mlflow
+
+    env = {"MLFLOW_TRACKING_URI": mlflow_url}
+    res = _cli("eval", trained_run.run_id, "--steps", "10,inf", "--json", env_extra=env)
+    assert res.returncode == 0, res.stderr
+    table = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["label"] for r in table["rows"]] == ["n10", "inf"] and table["num_examples"] == 297
+    client = mlflow.MlflowClient(mlflow_url)
+    run = client.get_run(trained_run.run_id)
+    assert {"test_bits_n10", "test_bits_inf", "test_bits_se_inf"} <= set(run.data.metrics)
+    assert {a.path for a in client.list_artifacts(trained_run.run_id, "eval")} == {
+        "eval/likelihood.json", "eval/likelihood.parquet", "eval/likelihood.png"}
+    out = tmp_path / "samples"
+    res = _cli("sample", trained_run.run_id, "--n", "4", "--steps", "5", "--out", str(out), env_extra=env)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "samples.npy").exists() and (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _one_line_error(res, *needles):
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "Traceback" not in res.stderr, res.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def test_bad_config_missing_manifest_unreachable_server(mlflow_url, digits_shards, tmp_path):
+    import mlflow
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from services import free_port
+
+    env = {"MLFLOW_TRACKING_URI": mlflow_url, "BFN_HOME": str(tmp_path / ".bfn")}
+    base = ["train", str(CONFIG), "--set", f"data.train={digits_shards / 'train' / 'manifest.json'}",
+            "--set", f"data.val={digits_shards / 'test' / 'manifest.json'}",
+            "--set", f"data.test={digits_shards / 'test' / 'manifest.json'}", "--set", "tracking.experiment=bad-input"]
+    _one_line_error(_cli(*base, "--set", "flow.sigma_1=2", env_extra=env), "flow.sigma_1")
+    _one_line_error(_cli(*base, "--set", "data.train=/nowhere/manifest.json", env_extra=env), "/nowhere/manifest.json")
+    dead = f"http://127.0.0.1:{free_port()}"
+    _one_line_error(_cli(*base, env_extra=dict(env, MLFLOW_TRACKING_URI=dead)), dead, "unreachable")
+    # nothing was started or recorded for any of them
+    assert mlflow.MlflowClient(mlflow_url).get_experiment_by_name("bad-input") is None
+    assert not (tmp_path / ".bfn" / "ray_results").exists()
+
+
+def test_corrupted_checkpoint_is_named(trained_run, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained_run.checkpoint_path, ckpt)
+    data = (ckpt / "ema.pt").read_bytes()
+    (ckpt / "ema.pt").write_bytes(data[: len(data) // 2])
+    res = _cli("sample", str(ckpt), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s"))
+    _one_line_error(res, "checkpoint file", "ema.pt", "corrupt")
+    assert not (tmp_path / "s.npy").exists()
