@@ -1,0 +1,247 @@
+"""`bfn models`: register trained runs' models, list and show them, promote and roll back aliases.
+
+Promotion is guarded by the likelihood results of `bfn eval`: the candidate must have been
+evaluated on the same test shards (sha256) as the current champion and beat it by more than the
+combined standard error at the chosen step count. Every promotion records who, when, why and the
+previous champion (model-version tags, a `previous-champion` alias and the model's history).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from bfn_platform.errors import BfnError
+
+EPILOG = """examples:
+  bfn models register 3f2c9a... --name digits
+  bfn models list
+  bfn models show digits --json
+  bfn models promote digits 3                      # guarded: must beat @champion at steps=inf
+  bfn models promote digits 3 --steps 100          # compare test_bits_n100 instead
+  bfn models promote digits 2 --force --reason "rollback of a bad data fix"
+  bfn models rollback digits                       # @champion back to @previous-champion
+  bfn sample models:/digits@champion --n 16
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="model registry: register, list, show, promote, roll back",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    msub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+    msub.required = True
+
+    r = msub.add_parser("register", help="register a run's logged model as a new version of NAME",
+                        epilog="example: bfn models register 3f2c9a... --name digits",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("run", metavar="RUN", help="run id of a finished training run")
+    r.add_argument("--name", required=True, help="registered model name (created if new)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=run_register)
+
+    ls = msub.add_parser("list", help="registered models with their versions and aliases")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_list)
+
+    s = msub.add_parser("show", help="versions, aliases, likelihood results and promotion history of NAME",
+                        epilog="example: bfn models show digits --steps 100",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--steps", default="inf", help="step label to show (default: inf)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run_show)
+
+    pr = msub.add_parser("promote", help="move an alias (default champion) to VERSION, guarded by likelihood",
+                         epilog="examples:\n  bfn models promote digits 3\n"
+                                "  bfn models promote digits 2 --force --reason \"test set changed\"",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("name", metavar="NAME")
+    pr.add_argument("version", metavar="VERSION")
+    pr.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    pr.add_argument("--steps", default="inf", help="step count of the compared bound: an integer or inf (default inf)")
+    pr.add_argument("--force", action="store_true", help="promote even if the guard refuses (needs --reason)")
+    pr.add_argument("--reason", help="why: recorded with the promotion (required with --force)")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=run_promote)
+
+    rb = msub.add_parser("rollback", help="move @champion back to @previous-champion",
+                         epilog="example: bfn models rollback digits --reason \"v4 samples look wrong\"",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    rb.add_argument("name", metavar="NAME")
+    rb.add_argument("--alias", default="champion")
+    rb.add_argument("--reason")
+    rb.add_argument("--json", action="store_true")
+    rb.set_defaults(func=run_rollback)
+
+
+def step_label(text: str) -> str:
+    """'inf' / '100' / 'n100' -> the metric label ('inf', 'n100')."""
+    from bfn_core import parse_steps, steps_label
+
+    text = text.strip().lower()
+    if text.startswith("n") and text[1:].isdigit():
+        text = text[1:]
+    steps = parse_steps(text)
+    if len(steps) != 1:
+        raise BfnError(f"--steps takes one step count, got {text!r}")
+    return steps_label(steps[0])
+
+
+def _client():
+    import mlflow
+
+    from pipelines.tracking import setup_mlflow
+
+    setup_mlflow()
+    return mlflow.MlflowClient()
+
+
+def run_register(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from bfn_platform.console import console
+    from pipelines.model_store import RUN_TAG_MODEL_ID
+
+    client = _client()
+    try:
+        run = client.get_run(args.run)
+    except MlflowException:
+        raise BfnError(f"unknown run {args.run}: no such run (find runs with `bfn runs list`)") from None
+    model_id = run.data.tags.get(RUN_TAG_MODEL_ID)
+    if not model_id:
+        raise BfnError(f"run {args.run} has no logged model (status {run.info.status}): only finished training runs "
+                       f"can be registered (resume it with `bfn train --resume {args.run}`)")
+    try:
+        client.get_registered_model(args.name)
+    except MlflowException:
+        try:
+            client.create_registered_model(args.name, description="BFN models registered with `bfn models register`")
+        except MlflowException as err:
+            if "already exists" not in str(err).lower():
+                raise BfnError(f"cannot create registered model {args.name}: {err.message.splitlines()[0]}") from None
+    mv = client.create_model_version(args.name, source=f"models:/{model_id}", run_id=args.run, model_id=model_id,
+                                     tags={"bfn.run_id": args.run,
+                                           "bfn.eval.test_sha256": run.data.tags.get("bfn.eval.test_sha256", "")})
+    if args.json:
+        print(json.dumps({"name": mv.name, "version": str(mv.version), "run_id": args.run, "model_id": model_id}))
+    else:
+        console.print(f"registered [bold]{mv.name}[/] version {mv.version} from run {args.run}")
+        console.print(f"next: bfn models promote {mv.name} {mv.version}")
+    return 0
+
+
+def _models(client) -> list:
+    from bfn_platform.promotion import is_lock
+
+    out, token = [], None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        out += [m for m in page if not is_lock(m.name)]
+        token = page.token
+        if not token:
+            return out
+
+
+def run_list(args) -> int:
+    from bfn_platform.console import console
+
+    client = _client()
+    rows = []
+    for m in _models(client):
+        versions = client.search_model_versions(f"name='{m.name}'")
+        rows.append({"name": m.name, "versions": len(versions),
+                     "latest": max((int(v.version) for v in versions), default=None),
+                     "aliases": {a: str(v) for a, v in (m.aliases or {}).items()},
+                     "updated": m.last_updated_timestamp})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    from rich.table import Table
+
+    table = Table("name", "versions", "latest", "aliases")
+    for r in rows:
+        table.add_row(r["name"], str(r["versions"]), str(r["latest"] or "-"),
+                      ", ".join(f"@{a}=v{v}" for a, v in sorted(r["aliases"].items())) or "-")
+    console.print(table if rows else "no registered models (register one with `bfn models register RUN --name NAME`)")
+    return 0
+
+
+def describe(client, name: str, label: str) -> dict:
+    """Everything `show` prints, as plain data."""
+    from mlflow.exceptions import MlflowException
+
+    from bfn_platform.promotion import evaluation_of, history
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise BfnError(f"unknown model {name}: no such registered model (list them with `bfn models list`)") from None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    versions = []
+    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+        ev = evaluation_of(client, mv, label)
+        versions.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
+                         "run_id": mv.run_id, "status": mv.status, "created": mv.creation_timestamp,
+                         f"test_bits_{label}": ev.bits, f"test_bits_se_{label}": ev.se, "test_sha256": ev.test_sha,
+                         "tags": dict(mv.tags)})
+    return {"name": name, "aliases": {a: str(v) for a, v in (model.aliases or {}).items()}, "steps": label,
+            "versions": versions, "history": history(client, name)}
+
+
+def run_show(args) -> int:
+    from rich.table import Table
+
+    from bfn_platform.console import console
+
+    label = step_label(args.steps)
+    info = describe(_client(), args.name, label)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    table = Table("version", "aliases", "run", f"test_bits_{label}", "± s.e.", "test sha256", "promoted by",
+                  title=f"model {info['name']}")
+    for v in info["versions"]:
+        bits, se = v[f"test_bits_{label}"], v[f"test_bits_se_{label}"]
+        table.add_row(v["version"], " ".join("@" + a for a in v["aliases"]) or "-", (v["run_id"] or "-")[:12],
+                      "-" if bits is None else f"{bits:.4f}", "-" if se is None else f"{se:.4f}",
+                      (v["test_sha256"] or "-")[:12], v["tags"].get("bfn.promoted_by", "-"))
+    console.print(table)
+    if info["history"]:
+        hist = Table("#", "action", "alias", "version", "previous", "by", "at", "reason", title="promotion history")
+        for i, h in enumerate(info["history"], 1):
+            hist.add_row(str(i), h["action"] + (" (forced)" if h.get("forced") else ""), h["alias"], "v" + h["version"],
+                         "v" + h["previous"] if h.get("previous") else "-", h["by"], h["at"], (h.get("reason") or "")[:60])
+        console.print(hist)
+    return 0
+
+
+def run_promote(args) -> int:
+    from bfn_platform.console import console
+    from bfn_platform.promotion import promote
+
+    label = step_label(args.steps)
+    if args.force and not (args.reason or "").strip():
+        raise BfnError("--force needs --reason TEXT: say why the guard is overridden (it is recorded)")
+    result = promote(_client(), args.name, args.version, alias=args.alias, label=label, force=args.force,
+                     reason=args.reason)
+    if args.json:
+        print(json.dumps({"name": result.name, "version": result.version, "alias": result.alias,
+                          "previous": result.previous, "forced": result.forced, "guard": result.verdict.reason}))
+        return 0
+    prev = f" (previous: v{result.previous}, now @previous-{result.alias})" if result.previous else ""
+    console.print(f"{result.name} v{result.version} is now @{result.alias}{prev}", highlight=False)
+    console.print(("[yellow]forced[/]: " if result.forced else "guard: ") + result.verdict.reason, highlight=False)
+    return 0
+
+
+def run_rollback(args) -> int:
+    from bfn_platform.console import console
+    from bfn_platform.promotion import rollback
+
+    src, dst = rollback(_client(), args.name, alias=args.alias, reason=args.reason)
+    if args.json:
+        print(json.dumps({"name": args.name, "alias": args.alias, "from": src, "to": dst}))
+    else:
+        console.print(f"{args.name} @{args.alias}: v{src} -> v{dst}", highlight=False)
+    return 0

@@ -1,0 +1,67 @@
+"""`bfn ui`: the MLflow UI on 127.0.0.1 for the configured tracking store.
+
+With the embedded store (no MLFLOW_TRACKING_URI: sqlite:///$BFN_HOME/mlflow.db) it starts an MLflow
+server on that store in the foreground until Ctrl-C. With MLFLOW_TRACKING_URI pointing at a
+server, that server already serves the UI: its address is printed and nothing is started.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from bfn_platform.errors import BfnError
+
+EPILOG = """examples:
+  bfn ui                       # http://127.0.0.1:5000 on ./.bfn/mlflow.db; Ctrl-C stops it
+  bfn ui --port 5050
+  BFN_HOME=/data/bfn bfn ui
+"""
+
+
+def register(sub) -> None:
+    from bfn_platform import settings
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store", description=__doc__,
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=settings.MLFLOW_PORT, help="port (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def server_command(store: str, port: int, artifacts: str) -> list[str]:
+    """`mlflow server` on loopback, one process (no job workers), proxying the local artifact folder."""
+    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", store, "--artifacts-destination", artifacts, "--serve-artifacts", "--workers", "1"]
+
+
+def run(args) -> int:
+    from bfn_platform.console import console
+    from bfn_platform.stack import port_in_use
+    from pipelines.tracking import bfn_home, check_tracking_server, tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        check_tracking_server(uri)
+        console.print(f"MLFLOW_TRACKING_URI is a server, which serves the UI itself: {uri}", highlight=False)
+        return 0
+    if port_in_use("127.0.0.1", args.port):
+        raise BfnError(f"port {args.port} on 127.0.0.1 is in use: pick another with `bfn ui --port N`")
+    artifacts = (bfn_home() / "mlartifacts").as_uri()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    console.print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", highlight=False)
+    sys.stdout.flush()
+    proc = subprocess.Popen(server_command(uri, args.port, artifacts), env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        from bfn_platform.stack import stop_group
+
+        stop_group(proc.pid)
+        return 0
+    finally:
+        if proc.poll() is None:
+            from bfn_platform.stack import stop_group
+
+            stop_group(proc.pid)

@@ -1,0 +1,339 @@
+"""Model promotion in the MLflow registry: the likelihood guard, a registry-wide lock, history.
+
+A promotion moves an alias (``champion`` by default) to a model version. It is guarded by the
+likelihood results that `bfn eval` logs to the version's run (metrics ``test_bits_<label>`` and
+``test_bits_se_<label>``, tag ``bfn.eval.test_sha256``): the candidate must have been evaluated on
+the same test shards as the current holder of the alias and beat it by more than the combined
+standard error. Lower bits are better.
+
+Concurrency: MLflow has no compare-and-set on aliases or tags, but creating a registered model is
+atomic (the name is a unique key in the server's database, so a second create fails with
+RESOURCE_ALREADY_EXISTS). The lock is therefore a registered model ``bfn-lock.NAME`` created with
+an owner token and an expiry; whoever creates it holds it, and a crashed holder's lock is broken
+once it has expired. This works the same against the embedded SQLite store and a remote server,
+from any number of processes or machines. Inside the lock a promotion re-reads the alias, decides,
+moves the aliases, and re-reads them to verify.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from bfn_platform.errors import BfnError
+
+DEFAULT_ALIAS = "champion"
+LOCK_PREFIX = "bfn-lock."
+LOCK_OWNER_TAG = "bfn.lock.owner"
+LOCK_EXPIRES_TAG = "bfn.lock.expires"
+LOCK_TTL_S = 120.0  # a promotion takes a few requests; a lock older than this belongs to a dead process
+HISTORY_PREFIX = "bfn.history."  # registered-model tags bfn.history.0001, ...: one JSON entry each
+TEST_SHA_TAG = "bfn.eval.test_sha256"  # written by pipelines/evaluate.py
+
+
+def previous_alias(alias: str) -> str:
+    return f"previous-{alias}"
+
+
+def who() -> str:
+    """The person promoting: BFN_USER (set it in shared service accounts), else the login name."""
+    user = os.environ.get("BFN_USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (some containers)
+        return "unknown"
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ---------------------------------------------------------------------------------------------
+# the guard (pure)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model version's likelihood result at one step label (None where it was not evaluated)."""
+
+    version: str
+    label: str
+    bits: float | None
+    se: float | None
+    test_sha: str | None
+
+    @property
+    def evaluated(self) -> bool:
+        return self.bits is not None and self.se is not None and self.test_sha is not None
+
+    def figure(self) -> str:
+        if self.bits is None:
+            return f"v{self.version}: not evaluated at {self.label}"
+        se = f" ± {self.se:.4f}" if self.se is not None else ""
+        return f"v{self.version}: test_bits_{self.label} = {self.bits:.4f}{se}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+
+
+def evaluation_from_run(version: str, label: str, metrics: dict[str, float], tags: dict[str, str]) -> Evaluation:
+    return Evaluation(version, label, metrics.get(f"test_bits_{label}"), metrics.get(f"test_bits_se_{label}"),
+                      tags.get(TEST_SHA_TAG))
+
+
+def judge(candidate: Evaluation, champion: Evaluation | None, name: str) -> Verdict:
+    """May `candidate` replace `champion` (None: the alias is unset)? Lower bits win, by more than
+    sqrt(se_candidate^2 + se_champion^2), on the same test set."""
+    eval_hint = f"evaluate it with `bfn eval models:/{name}/{candidate.version} --steps {_steps_arg(candidate.label)}`"
+    if not candidate.evaluated:
+        missing = "no test manifest digest" if candidate.bits is not None and candidate.test_sha is None else \
+            f"no test_bits_{candidate.label} / test_bits_se_{candidate.label}"
+        return Verdict(False, f"candidate v{candidate.version} has {missing}: {eval_hint}")
+    if champion is None:
+        return Verdict(True, f"no current holder; candidate {candidate.figure()}")
+    if champion.version == candidate.version:
+        return Verdict(False, f"v{candidate.version} already holds the alias")
+    if not champion.evaluated:
+        return Verdict(False, f"current {champion.figure()} (or has no test digest), so the candidate cannot be "
+                              f"compared: evaluate it with `bfn eval models:/{name}/{champion.version} --steps "
+                              f"{_steps_arg(champion.label)}`, or use --force --reason")
+    if candidate.test_sha != champion.test_sha:
+        return Verdict(False, f"candidate v{candidate.version} was evaluated on test set {candidate.test_sha[:12]} but "
+                              f"champion v{champion.version} on {champion.test_sha[:12]}: evaluate both on the same "
+                              "test manifest (`bfn eval ... --data URL`)")
+    margin = math.sqrt(candidate.se ** 2 + champion.se ** 2)
+    figures = f"candidate {candidate.figure()}, champion {champion.figure()}, required < {champion.bits - margin:.4f}"
+    if candidate.bits + margin < champion.bits:
+        return Verdict(True, f"better by {champion.bits - candidate.bits:.4f} > {margin:.4f} (combined s.e.): {figures}")
+    return Verdict(False, f"not better by more than the combined standard error {margin:.4f}: {figures}")
+
+
+def _steps_arg(label: str) -> str:
+    return "inf" if label == "inf" else label.lstrip("n")
+
+
+# ---------------------------------------------------------------------------------------------
+# the lock
+
+
+def _error_code(err: Exception) -> str:
+    return getattr(err, "error_code", "") or ""
+
+
+class RegistryLock:
+    """``with RegistryLock(client, name): ...``: one promotion of `name` at a time, across processes."""
+
+    def __init__(self, client, name: str, timeout: float = 60.0, ttl: float = LOCK_TTL_S):
+        self.client, self.name, self.timeout, self.ttl = client, name, timeout, ttl
+        self.lock_name = LOCK_PREFIX + name
+        self.token = f"{who()}:{os.getpid()}:{uuid.uuid4().hex}"
+
+    def _read(self) -> dict[str, str] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_registered_model(self.lock_name).tags)
+        except MlflowException as err:
+            if "RESOURCE_DOES_NOT_EXIST" in _error_code(err) or "not found" in str(err).lower():
+                return None
+            raise
+
+    def acquire(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                # Atomic: the name is unique in the registry. Owner and expiry are set in the same request.
+                self.client.create_registered_model(
+                    self.lock_name, tags={LOCK_OWNER_TAG: self.token, LOCK_EXPIRES_TAG: f"{time.time() + self.ttl:.3f}"},
+                    description=f"promotion lock of {self.name} (bfn models promote); removed when it finishes")
+                tags = self._read()
+                if tags and tags.get(LOCK_OWNER_TAG) == self.token:
+                    return
+            except MlflowException as err:
+                if "ALREADY_EXISTS" not in _error_code(err) and "already exists" not in str(err).lower():
+                    raise
+            held = self._read()
+            if held is not None and float(held.get(LOCK_EXPIRES_TAG, "0") or 0) < time.time():
+                self._break(held)  # its holder died: take over
+                continue
+            if time.monotonic() > deadline:
+                owner = (held or {}).get(LOCK_OWNER_TAG, "?").split(":")[0]
+                raise BfnError(f"another promotion of {self.name} (by {owner}) holds the registry lock {self.lock_name}; "
+                               f"retry in a minute (a lock left by a crashed process expires after {self.ttl:.0f} s)")
+            time.sleep(0.1 + random.random() * 0.3)
+
+    def _break(self, held: dict[str, str]) -> None:
+        from mlflow.exceptions import MlflowException
+
+        current = self._read()  # delete only the stale lock we saw, not a fresh one taken meanwhile
+        if current is None or current.get(LOCK_OWNER_TAG) != held.get(LOCK_OWNER_TAG):
+            return
+        try:
+            self.client.delete_registered_model(self.lock_name)
+        except MlflowException:
+            pass
+
+    def release(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        held = self._read()
+        if held is not None and held.get(LOCK_OWNER_TAG) == self.token:
+            try:
+                self.client.delete_registered_model(self.lock_name)
+            except MlflowException:
+                pass
+
+    def __enter__(self) -> "RegistryLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def is_lock(name: str) -> bool:
+    return name.startswith(LOCK_PREFIX)
+
+
+# ---------------------------------------------------------------------------------------------
+# registry operations
+
+
+def get_version(client, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise BfnError(f"unknown model {name}: no such registered model (list them with `bfn models list`)") from None
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise BfnError(f"unknown version {version} of model {name} (see `bfn models show {name}`)") from None
+
+
+def alias_version(client, name: str, alias: str):
+    """The model version an alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def evaluation_of(client, mv, label: str) -> Evaluation:
+    if not mv.run_id:
+        return Evaluation(str(mv.version), label, None, None, None)
+    run = client.get_run(mv.run_id)
+    return evaluation_from_run(str(mv.version), label, run.data.metrics, run.data.tags)
+
+
+def history(client, name: str) -> list[dict[str, Any]]:
+    tags = client.get_registered_model(name).tags
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
+
+
+def _append_history(client, name: str, entry: dict[str, Any]) -> None:
+    n = len(history(client, name)) + 1  # under the lock: no one else appends meanwhile
+    client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{n:04d}", json.dumps(entry, sort_keys=True))
+
+
+@dataclass
+class PromotionResult:
+    name: str
+    version: str
+    alias: str
+    previous: str | None
+    verdict: Verdict
+    forced: bool
+
+
+def promote(client, name: str, version: str, *, alias: str = DEFAULT_ALIAS, label: str = "inf", force: bool = False,
+            reason: str | None = None, lock_timeout: float = 60.0) -> PromotionResult:
+    """Move `alias` to `version` if the guard allows it (or `force` with a reason); record it."""
+    if force and not (reason and reason.strip()):
+        raise BfnError("--force needs --reason TEXT: say why the guard is overridden (it is recorded)")
+    if alias.startswith("previous-"):
+        raise BfnError(f"alias {alias} is managed by bfn (it records the previous holder): promote to another alias")
+    mv = get_version(client, name, version)
+    version = str(mv.version)
+    with RegistryLock(client, name, timeout=lock_timeout):
+        current = alias_version(client, name, alias)  # re-read under the lock: the decision uses fresh state
+        candidate = evaluation_of(client, mv, label)
+        holder = evaluation_of(client, current, label) if current is not None else None
+        verdict = judge(candidate, holder, name)
+        if current is not None and str(current.version) == version:
+            raise BfnError(f"v{version} of {name} is already @{alias}: nothing to do")
+        if not verdict.ok and not force:
+            raise BfnError(f"promotion of {name} v{version} to @{alias} refused: {verdict.reason} "
+                           "(override with --force --reason TEXT)")
+        previous = str(current.version) if current is not None else None
+        if previous is not None:
+            client.set_registered_model_alias(name, previous_alias(alias), previous)
+        client.set_registered_model_alias(name, alias, version)
+        entry = {"action": "promote", "alias": alias, "version": version, "previous": previous, "by": who(),
+                 "at": now_iso(), "reason": reason or "guard passed", "forced": bool(force and not verdict.ok),
+                 "guard": verdict.reason, "steps": label}
+        for key, value in (("promoted_by", entry["by"]), ("promoted_at", entry["at"]), ("promotion_reason", entry["reason"]),
+                           ("promotion_forced", str(entry["forced"]).lower()), ("promotion_guard", verdict.reason),
+                           ("previous_" + alias.replace("-", "_"), previous or "")):
+            client.set_model_version_tag(name, version, f"bfn.{key}", value[:5000])
+        _append_history(client, name, entry)
+        _verify(client, name, alias, version)
+    return PromotionResult(name, version, alias, previous, verdict, entry["forced"])
+
+
+def rollback(client, name: str, *, alias: str = DEFAULT_ALIAS, reason: str | None = None,
+             lock_timeout: float = 60.0) -> tuple[str, str]:
+    """Move `alias` back to previous-`alias`; returns (from version, to version)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise BfnError(f"unknown model {name}: no such registered model (list them with `bfn models list`)") from None
+    with RegistryLock(client, name, timeout=lock_timeout):
+        current = alias_version(client, name, alias)
+        prev = alias_version(client, name, previous_alias(alias))
+        if current is None or prev is None:
+            raise BfnError(f"model {name} has no @{previous_alias(alias)} to roll back to "
+                           f"(@{alias} is {'v' + str(current.version) if current else 'unset'})")
+        src, dst = str(current.version), str(prev.version)
+        client.set_registered_model_alias(name, alias, dst)
+        # The restored version's own predecessor becomes the next rollback target: repeated
+        # rollbacks walk back through the history instead of toggling between two versions.
+        before = prev.tags.get("bfn.previous_" + alias.replace("-", "_")) or ""
+        if before and before != dst:
+            client.set_registered_model_alias(name, previous_alias(alias), before)
+        else:
+            client.delete_registered_model_alias(name, previous_alias(alias))
+        entry = {"action": "rollback", "alias": alias, "version": dst, "previous": src, "by": who(), "at": now_iso(),
+                 "reason": reason or f"rollback from v{src}", "forced": False, "guard": "", "steps": ""}
+        client.set_model_version_tag(name, dst, "bfn.rolled_back_at", entry["at"])
+        client.set_model_version_tag(name, dst, "bfn.rolled_back_by", entry["by"])
+        client.set_model_version_tag(name, dst, "bfn.rolled_back_from", src)
+        _append_history(client, name, entry)
+        _verify(client, name, alias, dst)
+    return src, dst
+
+
+def _verify(client, name: str, alias: str, version: str) -> None:
+    now = alias_version(client, name, alias)
+    if now is None or str(now.version) != version:
+        raise BfnError(f"@{alias} of {name} moved to v{getattr(now, 'version', None)} during the promotion of v{version}: "
+                       "another process changed the registry without bfn's lock; check `bfn models show "
+                       f"{name}`")
