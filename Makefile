@@ -28,6 +28,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/core.py
+	$(PY) bench/data.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) .bfn build *.egg-info

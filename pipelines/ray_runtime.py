@@ -54,8 +54,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
             # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
+            # _node_ip_address as well as the switch above: Ray may have been imported before this module
             ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
-                     log_to_driver=True)
+                     log_to_driver=True, _node_ip_address="127.0.0.1")
     except ConnectionError as err:
         raise PipelineError(f"could not connect to the Ray cluster at {address}: {str(err).splitlines()[0]}; "
                             "check the address (`bfn stack status`) or unset RAY_ADDRESS for a local run") from None
