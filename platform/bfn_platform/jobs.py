@@ -16,8 +16,10 @@ from bfn_platform.errors import BfnError
 # What a job's working_dir leaves out: local state, environments, VCS data, data sets, build
 # output. Ray uploads the rest to the cluster's object store, so it must stay small.
 WORKING_DIR_EXCLUDES = [
-    ".venv", "venv", ".bfn", ".git", "data", "samples", "mlruns", "mlartifacts", "ray_results", "*.egg-info",
-    "__pycache__", ".pytest_cache", "*.pt", "*.ckpt", "*.safetensors", "*.npy", "*.tar", "*.tar.gz", "*.zip",
+    # gitignore syntax: a leading / anchors at the project root (pipelines/data/ is code, /data is not)
+    "/.venv", "/venv", "/.bfn", "/.git", "/data", "/samples", "/mlruns", "/mlartifacts", "/ray_results",
+    "*.egg-info", "__pycache__", ".pytest_cache", "*.pt", "*.ckpt", "*.safetensors", "*.npy", "*.tar", "*.tar.gz",
+    "*.zip",
 ]
 LARGE_FILE_BYTES = 5 * 1024 * 1024  # anything bigger is left out too (Ray's working_dir limit is ~500 MiB)
 # Forwarded to the job (when set in the submitting shell): the MLflow and S3 settings and local state.
@@ -36,7 +38,7 @@ def project_root() -> Path:
 
 def large_files(root: Path, limit: int = LARGE_FILE_BYTES) -> list[str]:
     """Relative paths of files over `limit` outside the excluded folders (also excluded)."""
-    skip = {p for p in WORKING_DIR_EXCLUDES if not p.startswith("*")}
+    skip = {p.lstrip("/") for p in WORKING_DIR_EXCLUDES if not p.startswith("*")}
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in skip and not d.endswith(".egg-info")]
@@ -52,7 +54,23 @@ def large_files(root: Path, limit: int = LARGE_FILE_BYTES) -> list[str]:
 
 def job_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     env = os.environ if environ is None else environ
-    return {k: env[k] for k in JOB_ENV_VARS if env.get(k)}
+    out = {k: env[k] for k in JOB_ENV_VARS if env.get(k)}
+    # The driver's ray.init(runtime_env=...) (pipelines.ray_runtime) forwards some of the same
+    # variables; without this Ray refuses to merge the two runtime_envs ("same environment
+    # variable keys"). With it the driver's values win, and they are the same ones.
+    out["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+    return out
+
+
+def redact(text: str, environ: dict[str, str] | None = None) -> str:
+    """`text` with the values of credentials in this environment replaced by ***: Ray echoes a job's
+    runtime_env (env_vars included) in some of its error messages."""
+    env = os.environ if environ is None else environ
+    for name in S.SECRET_ENV_VARS + ("AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN"):
+        value = env.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
 
 
 def runtime_env(root: Path | None = None, environ: dict[str, str] | None = None) -> dict:
@@ -133,5 +151,5 @@ def job_info(client_, job_id: str):
 
 def info_dict(info) -> dict:
     return {"job_id": info.submission_id or info.job_id, "status": str(getattr(info.status, "value", info.status)),
-            "entrypoint": info.entrypoint, "message": info.message, "start_time": info.start_time,
+            "entrypoint": redact(info.entrypoint or ""), "message": redact(info.message or ""), "start_time": info.start_time,
             "end_time": info.end_time, "metadata": dict(info.metadata or {})}

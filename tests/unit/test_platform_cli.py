@@ -198,11 +198,26 @@ def test_runtime_env_ships_the_project_without_state_and_forwards_settings(tmp_p
            "RAY_ADDRESS": "127.0.0.2:6379", "RAY_AUTH_TOKEN_PATH": "/x", "HOME": "/root", "BFN_HOME": "/tmp/h"}
     rt = runtime_env(tmp_path, env)
     assert rt["working_dir"] == str(tmp_path)
-    for needle in (".venv", ".bfn", ".git", "data", "*.egg-info", "/big.bin"):
+    for needle in ("/.venv", "/.bfn", "/.git", "/data", "*.egg-info", "/big.bin"):
         assert needle in rt["excludes"], needle
-    assert "/small.py" not in rt["excludes"]
-    assert rt["env_vars"] == {k: env[k] for k in ("MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "BFN_HOME")}
+    assert "/small.py" not in rt["excludes"] and "data" not in rt["excludes"]  # pipelines/data/ is code
+
+    from ray._private.thirdparty import pathspec  # Ray matches excludes with these gitignore rules
+
+    spec = pathspec.PathSpec.from_lines("gitwildmatch", rt["excludes"])
+    assert spec.match_file("data/digits/train/manifest.json") and spec.match_file(".venv/bin/python")
+    assert not spec.match_file("pipelines/data/reader.py")
+    assert rt["env_vars"] == {**{k: env[k] for k in ("MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "BFN_HOME")},
+                              "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
     assert (project_root() / "pyproject.toml").exists()
+
+
+def test_redact_hides_credentials_echoed_by_ray():
+    from bfn_platform.jobs import redact
+
+    env = {"AWS_SECRET_ACCESS_KEY": "f5fc0123abcd", "AWS_ACCESS_KEY_ID": "bfnlocal99", "MLFLOW_TRACKING_URI": "http://x"}
+    text = "runtime env {'AWS_SECRET_ACCESS_KEY': 'f5fc0123abcd', 'AWS_ACCESS_KEY_ID': 'bfnlocal99', 'M': 'http://x'}"
+    assert redact(text, env) == "runtime env {'AWS_SECRET_ACCESS_KEY': '***', 'AWS_ACCESS_KEY_ID': '***', 'M': 'http://x'}"
 
 
 def test_jobs_address_resolution(monkeypatch, tmp_path):

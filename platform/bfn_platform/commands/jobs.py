@@ -72,7 +72,9 @@ def run_logs(args) -> int:
 
         follow(jobs, args.job, None)
     else:
-        sys.stdout.write(jobs.get_job_logs(args.job))
+        from bfn_platform.jobs import redact
+
+        sys.stdout.write(redact(jobs.get_job_logs(args.job)))
     return 0
 
 

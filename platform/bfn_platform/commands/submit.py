@@ -51,7 +51,7 @@ def run(args) -> int:
     import os
 
     from bfn_platform.console import console
-    from bfn_platform.jobs import client, runtime_env, submission_id
+    from bfn_platform.jobs import client, redact, runtime_env, submission_id
     from pipelines.tracking import check_tracking_server
 
     command = entrypoint(args.command)
@@ -71,11 +71,23 @@ def run(args) -> int:
         return 0
     status = follow(jobs, job_id, args.timeout) if args.follow else wait(jobs, job_id, args.timeout)
     if status != "SUCCEEDED":
-        info = jobs.get_job_info(job_id)
-        raise BfnError(f"job {job_id} ended {status}: {(info.message or '').strip().splitlines()[-1:] or ''} "
-                       f"(its log: `bfn jobs logs {job_id}`)")
+        raise BfnError(redact(f"job {job_id} ended {status}: {failure_line(jobs, job_id)} "
+                              f"(its log: `bfn jobs logs {job_id}`)"))
     console.print(f"job {job_id} SUCCEEDED", highlight=False, stderr=True)
     return 0
+
+
+def failure_line(jobs, job_id: str) -> str:
+    """The bfn command's own `error: ...` line from the job's log, else the last line of Ray's message."""
+    try:
+        lines = [ln.strip() for ln in jobs.get_job_logs(job_id).splitlines() if ln.strip()]
+    except Exception:  # the log is gone (e.g. the node died): fall back to the job's status message
+        lines = []
+    errors = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
+    if errors:
+        return errors[-1]
+    message = (jobs.get_job_info(job_id).message or "").strip().splitlines()
+    return message[-1] if message else "no message"
 
 
 def wait(jobs, job_id: str, timeout: float | None) -> str:
@@ -94,9 +106,11 @@ def follow(jobs, job_id: str, timeout: float | None) -> str:
     import asyncio
     import sys
 
+    from bfn_platform.jobs import redact
+
     async def tail() -> None:
         async for chunk in jobs.tail_job_logs(job_id):
-            sys.stdout.write(chunk)
+            sys.stdout.write(redact(chunk))
             sys.stdout.flush()
 
     try:
