@@ -324,7 +324,9 @@ def manifest_tags(cfg: ExperimentConfig) -> dict[str, str]:
     return tags
 
 
-def _start_run(cfg: ExperimentConfig, data_shape, storage_path: str) -> tuple[str, str]:
+def start_run(cfg: ExperimentConfig, data_shape, storage_path: str, extra_tags: dict | None = None) -> tuple[str, str]:
+    """A new MLflow run holding the config (params and config.yaml) and the data's digests; returns
+    (run id, the Ray Train run name that ties the run to its checkpoints)."""
     import mlflow
     import yaml
 
@@ -333,7 +335,7 @@ def _start_run(cfg: ExperimentConfig, data_shape, storage_path: str) -> tuple[st
     client = mlflow.MlflowClient()
     exp_id = ensure_experiment(cfg.tracking.experiment)
     tags = {**cfg.tracking.tags, **manifest_tags(cfg), RUN_TAG_DATA_SHAPE: ",".join(map(str, data_shape)),
-            RUN_TAG_STORAGE: storage_path, "bfn.kind": cfg.data.kind}
+            RUN_TAG_STORAGE: storage_path, "bfn.kind": cfg.data.kind, **(extra_tags or {})}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -348,12 +350,45 @@ def _start_run(cfg: ExperimentConfig, data_shape, storage_path: str) -> tuple[st
     return run_id, ray_name
 
 
+def make_trainer(cfg: ExperimentConfig, data_shape, *, run_id: str | None, tracking_uri: str | None, name: str,
+                 callbacks: list | None = None):
+    """The TorchTrainer of one run. Its storage folder is `name` under cfg.storage.path: started
+    again under the same name, Ray Train continues from the latest checkpoint there."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage_path, fs = storage_location(cfg.storage.path)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": cfg.model_dump(mode="json"), "data_shape": list(data_shape),
+                           "mlflow_run_id": run_id, "tracking_uri": tracking_uri},
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs, callbacks=callbacks,
+                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def log_final_model(checkpoint, run_id: str) -> tuple[str, str]:
+    """Log the EMA weights of a final checkpoint (or a Result holding one) as the run's MLflow model;
+    returns (model URI, checkpoint path)."""
+    from pipelines.model_store import build, log_model
+
+    checkpoint = getattr(checkpoint, "checkpoint", checkpoint)
+    if checkpoint is None:
+        raise PipelineError("training ended without a checkpoint")
+    with checkpoint.as_directory() as folder:
+        meta = read_config(folder)
+        model = build(meta, load_weights(folder, "ema"))
+    return log_model(model, meta, run_id), checkpoint.path
+
+
 def train(cfg: ExperimentConfig, *, resume_run: str | None = None, ray_address: str | None = None,
           num_cpus: int | None = None) -> TrainOutcome:
     """Run (or resume) a training run: MLflow run -> Ray TorchTrainer -> final EMA model in MLflow."""
     import mlflow
 
-    from pipelines.model_store import build, log_model
     from pipelines.ray_runtime import init_ray
     from pipelines.tracking import setup_mlflow
 
@@ -371,44 +406,21 @@ def train(cfg: ExperimentConfig, *, resume_run: str | None = None, ray_address: 
         cfg = ExperimentConfig.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{resume_run}/config.yaml")))
         run_id, ray_name = resume_run, run.data.tags[RUN_TAG_RAY_NAME]
         data_shape = tuple(int(v) for v in run.data.tags[RUN_TAG_DATA_SHAPE].split(","))
-        storage_path, fs = storage_location(cfg.storage.path)
         client.update_run(run_id, status="RUNNING")
     else:
         cfg = absolute_urls(cfg)
         data_shape = check_data(cfg)
-        storage_path, fs = storage_location(cfg.storage.path)
-        run_id, ray_name = _start_run(cfg, data_shape, storage_path)
-
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+        storage_path, _ = storage_location(cfg.storage.path)
+        run_id, ray_name = start_run(cfg, data_shape, storage_path)
 
     try:
         init_ray(ray_address, num_cpus=num_cpus, env={"MLFLOW_TRACKING_URI": uri})
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"experiment": cfg.model_dump(mode="json"), "data_shape": list(data_shape),
-                               "mlflow_run_id": run_id, "tracking_uri": uri},
-            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
-            run_config=RunConfig(name=ray_name, storage_path=storage_path, storage_filesystem=fs,
-                                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise PipelineError("training ended without a checkpoint")
-        with result.checkpoint.as_directory() as folder:
-            meta = read_config(folder)
-            model = build(meta, load_weights(folder, "ema"))
-            ckpt_path = result.checkpoint.path
-        model_uri = log_model(model, meta, run_id)
+        result = make_trainer(cfg, data_shape, run_id=run_id, tracking_uri=uri, name=ray_name).fit()
+        model_uri, ckpt_path = log_final_model(result, run_id)
     except BaseException as err:
         message = _failure_message(err)
-        try:
-            client.set_tag(run_id, "bfn.error", message[:4000])
-            client.set_terminated(run_id, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        finally:
-            pass
+        client.set_tag(run_id, "bfn.error", message[:4000])
+        client.set_terminated(run_id, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if isinstance(err, KeyboardInterrupt):
             raise
         if isinstance(err, PipelineError):

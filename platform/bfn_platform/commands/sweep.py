@@ -1,0 +1,48 @@
+"""`bfn sweep SPEC`: Ray Tune + Optuna (TPE) + ASHA over accuracy schedules and step counts, tracked in MLflow."""
+from __future__ import annotations
+
+import argparse
+
+from bfn_platform.console import console
+
+EPILOG = """examples:
+  bfn sweep configs/sweeps/digits_sigma.yaml
+  bfn sweep configs/sweeps/digits_sigma.yaml --set budget.trials=16 --set budget.concurrent=2
+  bfn sweep configs/sweeps/digits_sigma.yaml --resume digits-sigma-20261129-101500   # after the driver died
+  optuna-dashboard sqlite:///.bfn/optuna.db      # when the spec sets search.storage
+outputs:
+  MLflow parent run (spec, results table, plots, best config) with a nested run per trial;
+  the same files under .bfn/sweeps/NAME/; the best trial's model is logged for `bfn models register`.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="search sigma_1 / beta_1 and step counts with Ray Tune, Optuna and ASHA",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="sweep spec (YAML); see configs/sweeps/")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. budget.trials=4 or set.training.steps=100 (repeatable)")
+    p.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep; finished trials are not run again")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON on the last line")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from sweeps.spec import check_spec, load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    check_spec(spec)  # every bad value fails here, before Ray starts
+    from sweeps.run import run_sweep
+
+    outcome = run_sweep(spec, resume=args.resume, ray_address=args.address, say=console.print)
+    console.print(f"results: {outcome.out_dir}")
+    if outcome.best_config:
+        console.print(f"next: bfn train {outcome.best_config}   or   bfn models register {outcome.best_run_id} --name {spec.name}")
+    if args.json:
+        print(json.dumps({"name": outcome.name, "parent_run_id": outcome.parent_run_id, "best_run_id": outcome.best_run_id,
+                          "best_value": outcome.best_value, "best_config": str(outcome.best_config) if outcome.best_config else None,
+                          "model_uri": outcome.model_uri, "trials": outcome.table["status"].value_counts().to_dict()}))
+    return 0

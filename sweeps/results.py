@@ -1,0 +1,134 @@
+"""What a finished sweep leaves behind: the results table, the best config, and pictures."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from sweeps.spec import EVAL_STEPS, LOSS_STEPS, SweepSpec, is_log_scale, step_count_value, trial_config
+from sweeps.trial import OBJECTIVE
+
+STATUS_COLOURS = {"completed": "tab:blue", "stopped_early": "tab:orange", "failed": "tab:red", "running": "tab:gray"}
+
+
+def trial_status(error: Any, last_step: float | None, max_steps: int) -> str:
+    if error is not None:
+        return "failed"
+    return "completed" if (last_step or 0) >= max_steps else "stopped_early"
+
+
+def results_table(rows: list[dict[str, Any]], spec: SweepSpec) -> pd.DataFrame:
+    """One row per trial: id, status, MLflow run, sampled values, objective, steps trained; best first."""
+    columns = ["trial_id", "status", "run_id", *[f"param.{k}" for k in spec.space], "objective", "metric", "steps"]
+    df = pd.DataFrame(rows, columns=columns)
+    ascending = spec.objective.mode == "min"
+    return df.sort_values("objective", ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def best_row(df: pd.DataFrame) -> pd.Series | None:
+    """The best completed trial (a trial stopped early only if none completed)."""
+    scored = df[df["objective"].notna()]
+    done = scored[scored["status"] == "completed"]
+    pool = done if len(done) else scored
+    return pool.iloc[0] if len(pool) else None  # the table is sorted best first
+
+
+def sampled_values(row: pd.Series, spec: SweepSpec) -> dict[str, Any]:
+    out = {}
+    for key in spec.space:
+        value = row[f"param.{key}"]
+        out[key] = None if value is None or (isinstance(value, float) and math.isnan(value)) else _plain(value)
+    return out
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_best_config(base, row: pd.Series, spec: SweepSpec, sweep_name: str, path: Path) -> Path:
+    """The best trial's full experiment config, ready for `bfn train`."""
+    sampled = sampled_values(row, spec)
+    cfg = trial_config(base, sampled, spec.source)
+    tracking = cfg.tracking.model_copy(update={"run_name": f"{sweep_name}-best"})
+    cfg = cfg.model_copy(update={"tracking": tracking})
+    header = (f"# Best trial {row['trial_id']} of sweep {sweep_name} ({spec.source}):\n"
+              f"# {row['metric']} = {row['objective']:.5g} after {int(row['steps'])} steps; sampled {sampled}\n"
+              f"# Train it: bfn train {path}\n")
+    path.write_text(header + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def save_table(df: pd.DataFrame, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    df.to_csv(folder / "results.csv", index=False)
+    df.astype({c: str for c in df.columns if c.startswith("param.")}).to_parquet(folder / "results.parquet", index=False)
+    return [folder / "results.csv", folder / "results.parquet"]
+
+
+def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[str, pd.DataFrame]) -> list[Path]:
+    """objective_vs_<param>.png per searched value, objective_vs_steps.png, objective_curves.png (ASHA at work)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    metric = spec.objective.metric
+    for key in spec.space:
+        if key in (LOSS_STEPS, EVAL_STEPS):
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for status, group in df.groupby("status"):
+            ax.scatter(group[f"param.{key}"].astype(float), group["objective"], label=status.replace("_", " "),
+                       color=STATUS_COLOURS.get(status, "k"), s=28)
+        if is_log_scale(spec, key):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{spec.name}: {metric} against {key}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(folder / f"objective_vs_{key.replace('.', '_')}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    step_keys = [k for k in (LOSS_STEPS, EVAL_STEPS) if k in spec.space]
+    if step_keys:
+        fig, axes = plt.subplots(1, len(step_keys), figsize=(4.5 * len(step_keys), 3.6), squeeze=False)
+        for ax, key in zip(axes[0], step_keys):
+            choices = sorted({step_count_value(v) for v in spec.space[key].choice})
+            labels = ["inf" if math.isinf(c) else str(int(c)) for c in choices]
+            for status, group in df.groupby("status"):
+                xs = [choices.index(step_count_value(None if _missing(v) else v)) for v in group[f"param.{key}"]]
+                ax.scatter(xs, group["objective"], label=status.replace("_", " "), color=STATUS_COLOURS.get(status, "k"), s=28)
+            ax.set_xticks(range(len(choices)), labels)
+            ax.set_xlabel(f"{key} (inf = continuous time)")
+            ax.set_ylabel(metric)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{spec.name}: {metric} against step counts", fontsize=9)
+        fig.tight_layout()
+        paths.append(folder / "objective_vs_steps.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    if histories:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        status_of = dict(zip(df["trial_id"], df["status"]))
+        for trial_id, hist in histories.items():
+            if OBJECTIVE in hist and "step" in hist:
+                ax.plot(hist["step"], hist[OBJECTIVE], marker="o", ms=3, lw=1,
+                        color=STATUS_COLOURS.get(status_of.get(trial_id), "k"))
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{spec.name}: every trial (orange: stopped early by ASHA)", fontsize=9)
+        fig.tight_layout()
+        paths.append(folder / "objective_curves.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,274 @@
+"""Typed sweep specs: a base experiment config, a search space over its fields, an objective, a
+budget, ASHA and Optuna settings. Everything is checked here, before Ray or any trial starts.
+
+A search space maps a dotted config path (``flow.sigma_1``, ``optimizer.lr``, ``training.batch_size``)
+to a distribution, plus two keys that are not plain config fields:
+
+* ``loss.n_steps``: a choice of n for the discrete-time loss, where ``null`` means the continuous-time
+  loss (so one dimension covers "L^inf or L^n with n from a list");
+* ``eval_steps``: a choice of the step count the objective is measured at; the objective metric names
+  it as ``{eval_steps}`` (``val_bits_{eval_steps}`` -> ``val_bits_n10``, ``val_bits_inf``).
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bfn_core import steps_label
+from pipelines.config import ExperimentConfig, _flatten, apply_overrides, format_validation_error, parse_config
+from pipelines.errors import PipelineError
+
+EVAL_STEPS = "eval_steps"
+LOSS_STEPS = "loss.n_steps"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Dimension(_Strict):
+    """One searched value: exactly one of loguniform, uniform, choice."""
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], sampled uniformly in log space")
+    uniform: tuple[float, float] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("loguniform", "uniform", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of loguniform: [low, high], uniform: [low, high], choice: [...]")
+        for k in ("loguniform", "uniform"):
+            bounds = getattr(self, k)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{k} needs low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.loguniform[0]}")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        return self
+
+    def extremes(self) -> list[Any]:
+        """The values that bound the dimension: every value must make a valid config."""
+        return list(self.choice) if self.choice is not None else list(self.loguniform or self.uniform)
+
+
+class Objective(_Strict):
+    metric: str = Field("val_bits_inf", description="a metric the trainer reports, e.g. val_bits_inf, val_bits_{eval_steps}, loss")
+    mode: Literal["min", "max"] = "min"
+
+
+class Budget(_Strict):
+    trials: int = Field(8, ge=1)
+    concurrent: int = Field(2, ge=1, description="trials running at once; each holds its own Ray Train workers")
+    time_limit_s: float | None = Field(None, gt=0, description="stop starting and running trials after this long")
+
+
+class Asha(_Strict):
+    enabled: bool = True
+    grace_period: int = Field(ge=1, description="training steps every trial gets before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class Search(_Strict):
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    storage: str | None = Field(None, description="Optuna storage URL (sqlite:///path.db, postgresql://...) for optuna-dashboard")
+
+
+class SweepSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    base: str = Field(description="experiment config YAML, relative to the spec file")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides of the base config for every trial")
+    space: dict[str, Dimension]
+    objective: Objective = Objective()
+    budget: Budget = Budget()
+    asha: Asha
+    search: Search = Search()
+    experiment: str | None = Field(None, description="MLflow experiment (default: the base config's)")
+    source: str = Field("", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dotted_keys(cls, raw):
+        """`space` keys are dotted config paths; nested sections (as --set space.flow.sigma_1... makes) are joined."""
+        if isinstance(raw, dict) and isinstance(raw.get("space"), dict):
+            raw = {**raw, "space": _join_space(raw["space"])}
+        return raw
+
+    def base_config(self) -> ExperimentConfig:
+        path = Path(self.base)
+        if not path.is_absolute():
+            path = Path(self.source).parent / path
+        if not path.is_file():
+            raise PipelineError(f"sweep {self.source}: base config {path} does not exist")
+        sets = _flatten(self.set)  # dotted keys, or nested sections (as `--set set.training.steps=40` makes)
+        raw = apply_overrides(yaml.safe_load(path.read_text()) or {}, [f"{k}={_yaml(v)}" for k, v in sets.items()])
+        cfg = parse_config(raw, f"{path} (with the sweep's set:)")
+        # ASHA compares trials on the validation metric, so every report must carry it: validate
+        # at every checkpoint report and only there.
+        training = cfg.training.model_copy(update={"checkpoint_every": cfg.training.val_every})
+        tracking = cfg.tracking.model_copy(update={"experiment": self.experiment or cfg.tracking.experiment})
+        return cfg.model_copy(update={"training": training, "tracking": tracking})
+
+    def metric_name(self, sampled: dict[str, Any]) -> str:
+        return objective_metric(self.objective.metric, sampled)
+
+
+def objective_metric(template: str, sampled: dict[str, Any]) -> str:
+    """The objective metric of one trial, its {eval_steps} filled in (val_bits_{eval_steps} -> val_bits_n10)."""
+    if "{" not in template:
+        return template
+    try:
+        return template.format(eval_steps=steps_label(sampled.get(EVAL_STEPS)))
+    except (KeyError, IndexError, ValueError):
+        raise PipelineError(f"objective.metric {template!r}: the only placeholder is {{eval_steps}}") from None
+
+
+def _join_space(space: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in space.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not set(value) & {"loguniform", "uniform", "choice"}:
+            out.update(_join_space(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _yaml(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def trial_config(base: ExperimentConfig, sampled: dict[str, Any], source: str = "sweep") -> ExperimentConfig:
+    """The experiment config of one trial: the base with the sampled values set."""
+    raw = base.model_dump(mode="json")
+    sets = []
+    for key, value in sampled.items():
+        if key == EVAL_STEPS:
+            steps = raw["training"]["val_steps"]
+            raw["training"]["val_steps"] = steps + [value] if value not in steps else steps
+        elif key == LOSS_STEPS:
+            sets.append(f"loss.type={'continuous_time' if value is None else 'discrete_time'}")
+            sets.append(f"loss.n_steps={_yaml(value)}")
+        else:
+            sets.append(f"{key}={_yaml(value)}")
+    raw = apply_overrides(raw, sets)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise PipelineError(format_validation_error(err, source)) from None
+
+
+def reported_metrics(cfg: ExperimentConfig) -> set[str]:
+    """Every metric name a trial's reports carry (see pipelines.train.train_loop_per_worker)."""
+    names = {"loss", "step", "samples_per_second"}
+    if cfg.data.val:
+        for n in cfg.training.val_steps:
+            names |= {f"val_bits_{steps_label(n)}", f"val_nats_{steps_label(n)}"}
+    return names
+
+
+def check_spec(spec: SweepSpec) -> ExperimentConfig:
+    """All checks that need no cluster: every bound of the space makes a valid config, the objective
+    is a metric the trainer reports, ASHA's grace period fits. Returns the base config."""
+    base = spec.base_config()
+    known = set(base.flat()) | {EVAL_STEPS, LOSS_STEPS}
+    for key, dim in spec.space.items():
+        top = key.split(".")[0]
+        if key not in known and top not in ("model", "flow"):  # model.* and flow.* may be unset in the base
+            raise PipelineError(f"sweep {spec.source}: space.{key} is not a field of the experiment config "
+                                f"(fields look like flow.sigma_1, optimizer.lr, training.batch_size)")
+        wrong_flow = {"flow.sigma_1": "discrete", "flow.beta_1": "continuous and discretised"}
+        if key in wrong_flow and (base.data.kind == "discrete") == (key == "flow.sigma_1"):
+            other = "flow.beta_1" if key == "flow.sigma_1" else "flow.sigma_1"
+            raise PipelineError(f"sweep {spec.source}: space.{key} has no effect on {base.data.kind} data; search {other} instead")
+        if key == EVAL_STEPS and dim.choice is None:
+            raise PipelineError(f"sweep {spec.source}: space.eval_steps must be a choice of step counts (null = continuous time)")
+        for value in dim.extremes():
+            cfg = trial_config(base, {key: value}, f"{spec.source} space.{key}={value!r}")
+            if key == EVAL_STEPS and value is not None and (not isinstance(value, int) or value < 1):
+                raise PipelineError(f"sweep {spec.source}: space.eval_steps values must be integers >= 1 or null, got {value!r}")
+            del cfg
+    for sampled in _corners(spec):
+        cfg = trial_config(base, sampled, spec.source)
+        metric = spec.metric_name(sampled)
+        if metric not in reported_metrics(cfg):
+            hint = "" if cfg.data.val else " (the base config has no data.val, so no validation metric is reported)"
+            raise PipelineError(f"sweep {spec.source}: objective.metric {metric!r} is never reported by the trainer{hint}; "
+                                f"reported: {', '.join(sorted(reported_metrics(cfg)))}")
+    if spec.asha.enabled:
+        if spec.asha.grace_period > base.training.steps:
+            raise PipelineError(f"sweep {spec.source}: asha.grace_period={spec.asha.grace_period} exceeds training.steps="
+                                f"{base.training.steps}; lower it or raise training.steps")
+        if spec.asha.grace_period < base.training.val_every:
+            raise PipelineError(f"sweep {spec.source}: asha.grace_period={spec.asha.grace_period} is shorter than training.val_every="
+                                f"{base.training.val_every}: no objective would be reported before the first decision")
+    return base
+
+
+def _corners(spec: SweepSpec):
+    """A few sampled points covering every choice of the discrete dimensions (for metric checks)."""
+    choices = {k: d.choice for k, d in spec.space.items() if d.choice is not None}
+    longest = max((len(v) for v in choices.values()), default=1)
+    for i in range(longest):
+        yield {k: v[i % len(v)] for k, v in choices.items()}
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"sweep spec {path} does not exist (examples: configs/sweeps/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PipelineError(f"sweep spec {path} is not valid YAML: {err}".splitlines()[0]) from None
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return SweepSpec.model_validate({**raw, "source": str(path)})
+    except ValidationError as err:
+        raise PipelineError(format_validation_error(err, str(path)).replace("invalid config", "invalid sweep spec", 1)) from None
+
+
+def tune_space(spec: SweepSpec) -> dict[str, Any]:
+    """The search space as Ray Tune domains (OptunaSearch converts them to Optuna distributions)."""
+    from ray import tune
+
+    out = {}
+    for key, dim in spec.space.items():
+        if dim.loguniform is not None:
+            out[key] = tune.loguniform(*dim.loguniform)
+        elif dim.uniform is not None:
+            out[key] = tune.uniform(*dim.uniform)
+        else:
+            out[key] = tune.choice(dim.choice)
+    return out
+
+
+def flat_spec(spec: SweepSpec) -> dict[str, str]:
+    """The spec as MLflow params of the sweep's parent run."""
+    out = {"sweep.name": spec.name, "sweep.base": spec.base, "objective.metric": spec.objective.metric,
+           "objective.mode": spec.objective.mode}
+    out.update({f"set.{k}": str(v) for k, v in spec.set.items()})
+    for key, dim in spec.space.items():
+        out[f"space.{key}"] = str(dim.model_dump(exclude_none=True))
+    for section in ("budget", "asha", "search"):
+        out.update({f"{section}.{k}": str(v) for k, v in getattr(spec, section).model_dump().items()})
+    return out
+
+
+def is_log_scale(spec: SweepSpec, key: str) -> bool:
+    dim = spec.space.get(key)
+    return bool(dim and dim.loguniform is not None)
+
+
+def step_count_value(value: Any) -> float:
+    """A step count for plotting: null (continuous time) drawn as infinity."""
+    return math.inf if value is None else float(value)
+
+
+SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
