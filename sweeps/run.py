@@ -84,6 +84,8 @@ class TrialStatusToMlflow(tune.Callback):
         run = find_trial_run(client, self.experiment_id, self.parent_run_id, trial.trial_id)
         if run is None:  # failed before its run existed
             return
+        if run.data.tags.get(TAG_STATUS) == status and run.info.status == mlflow_status:
+            return  # already recorded (a trial replayed after a resume): keep its end time
         client.set_tag(run.info.run_id, TAG_STATUS, status)
         if error:
             client.set_tag(run.info.run_id, "bfn.error", error[:4000])

@@ -58,9 +58,23 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         run_id, ray_name = start_run(cfg, data_shape, storage_location(cfg.storage.path)[0], extra_tags=tags)
         for key, value in sampled.items():
             client.log_param(run_id, f"sampled.{key}", str(value))
+    elif existing.data.tags.get(TAG_STATUS) in ("completed", "stopped_early"):
+        # The driver died after this trial ended but before Tune saved that: report its result again
+        # instead of training it again.
+        _replay(client, existing, objective_metric(fixed["objective"], sampled))
+        return
     else:  # restarted by a resumed sweep: continue the same run from its checkpoint
         run_id, ray_name = existing.info.run_id, existing.data.tags["bfn.ray_run_name"]
         client.update_run(run_id, status="RUNNING")
     trainer = make_trainer(cfg, data_shape, run_id=run_id, tracking_uri=fixed["tracking_uri"], name=ray_name,
                            callbacks=[_objective_callback(objective_metric(fixed["objective"], sampled))])
     trainer.fit()
+
+
+def _replay(client, run, metric: str) -> None:
+    from ray import tune
+
+    history = client.get_metric_history(run.info.run_id, metric)
+    if history:
+        last = max(history, key=lambda m: m.step)
+        tune.report({"step": last.step, metric: last.value, OBJECTIVE: last.value})
