@@ -39,6 +39,8 @@ def log_model(bfn: BFN, meta: dict, run_id: str) -> str:
     import mlflow
     from safetensors.torch import save_file
 
+    client = mlflow.MlflowClient()
+    before = client.get_run(run_id).info
     with tempfile.TemporaryDirectory() as tmp:
         weights, cfg = Path(tmp) / "weights.safetensors", Path(tmp) / "config.json"
         save_file({k: v.detach().cpu().contiguous() for k, v in bfn.state_dict().items()}, str(weights))
@@ -52,6 +54,8 @@ def log_model(bfn: BFN, meta: dict, run_id: str) -> str:
                 pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy", "safetensors", "mlflow"],
             )
             mlflow.set_tag(RUN_TAG_MODEL_ID, info.model_id)
+    if before.end_time:  # leaving start_run() ends the run now: keep the record of when and how it ended
+        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_uri
 
 

@@ -50,7 +50,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
     address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": worker_env(env)}
     try:
-        if address:
+        if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+            # The driver of a Ray job (`bfn submit`): the job's runtime_env already carries the
+            # project and the settings to every worker. Passing another one would make Ray set up a
+            # second working_dir and tear down the one this driver runs in.
+            ray.init(address=address or "auto", log_to_driver=True)
+        elif address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
             # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.

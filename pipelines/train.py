@@ -244,11 +244,11 @@ class TrainOutcome:
 
 
 def storage_location(path: str | None):
-    """(storage_path, pyarrow filesystem or None) for RunConfig: local folder or s3://bucket/prefix."""
+    """(storage_path, pyarrow filesystem or None) for RunConfig: local folder or s3://bucket/prefix.
+    Unset, it is $BFN_STORAGE_PATH (the stack's and the cluster's checkpoint store), else ./.bfn/ray_results."""
     from pipelines.tracking import bfn_home
 
-    if not path:
-        return str(bfn_home() / "ray_results"), None
+    path = path or os.environ.get("BFN_STORAGE_PATH") or str(bfn_home() / "ray_results")
     if path.startswith("s3://"):
         import pyarrow.fs
 
@@ -280,12 +280,22 @@ def data_shape_of(manifest_url: str, kind: str, num_classes: int | None) -> tupl
     return tuple(manifest.field.shape)
 
 
+def expand_env(url: str) -> str:
+    """${VAR} in a config URL (e.g. ${BFN_DATA_URL}/cifar10/train/manifest.json) from the environment."""
+    out = os.path.expandvars(url)
+    if "$" in out:
+        raise PipelineError(f"{url}: environment variable {out[out.index('$'):].split('/')[0]} is not set "
+                            "(export it, e.g. `source .bfn/stack.env`, or write the URL out)")
+    return out
+
+
 def absolute_urls(cfg: ExperimentConfig) -> ExperimentConfig:
     """Local paths made absolute: Ray workers do not run in the driver's working directory."""
     def fix(url):
-        if not url or "://" in url:
+        if not url:
             return url
-        return str(Path(url).resolve())
+        url = expand_env(url)
+        return url if "://" in url else str(Path(url).resolve())
 
     data = cfg.data.model_copy(update={k: fix(getattr(cfg.data, k)) for k in ("train", "val", "test")})
     storage = cfg.storage.model_copy(update={"path": fix(cfg.storage.path)})

@@ -55,14 +55,6 @@ def large_files(root: Path, limit: int = LARGE_FILE_BYTES) -> list[str]:
 def job_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     env = os.environ if environ is None else environ
     out = {k: env[k] for k in JOB_ENV_VARS if env.get(k)}
-    # The driver's ray.init(runtime_env=...) (pipelines.ray_runtime) forwards some of the same
-    # variables; without this Ray refuses to merge the two runtime_envs ("same environment
-    # variable keys"). With it the driver's values win, and they are the same ones.
-    out["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
-    # Observed on Ray 2.60: by the end of a TorchTrainer run Ray has removed the job's unpacked
-    # working_dir, the driver's cwd, so os.getcwd() fails; MLflow's log_model calls it only to
-    # look for a uv project. Needs a real fix on the driver side (see the platform report).
-    out["MLFLOW_UV_AUTO_DETECT"] = "false"
     return out
 
 

@@ -14,16 +14,6 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "digits_discretised.yaml"
 
 
-@pytest.fixture(scope="module")
-def digits_shards(tmp_path_factory):
-    from pipelines.data.writer import write_shards
-
-    root = tmp_path_factory.mktemp("shards") / "digits"
-    for split in ("train", "test"):
-        write_shards("digits", split, str(root), shard_size=100)
-    return root
-
-
 def _config(shards: Path, tmp: Path, **overrides):
     from pipelines.config import load_config
 

@@ -207,8 +207,7 @@ def test_runtime_env_ships_the_project_without_state_and_forwards_settings(tmp_p
     spec = pathspec.PathSpec.from_lines("gitwildmatch", rt["excludes"])
     assert spec.match_file("data/digits/train/manifest.json") and spec.match_file(".venv/bin/python")
     assert not spec.match_file("pipelines/data/reader.py")
-    assert rt["env_vars"] == {**{k: env[k] for k in ("MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "BFN_HOME")},
-                              "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1", "MLFLOW_UV_AUTO_DETECT": "false"}
+    assert rt["env_vars"] == {k: env[k] for k in ("MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "BFN_HOME")}
     assert (project_root() / "pyproject.toml").exists()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import functools
 from pathlib import Path
 from typing import Callable
@@ -67,7 +68,7 @@ def register(sub) -> None:
     p.add_argument("dataset", metavar="DATASET", help="one of: " + ", ".join(SOURCES))
     p.add_argument("--split", default="train", help="split to write (default: train)")
     p.add_argument("--out", default=None, metavar="URL",
-                   help="folder: a path, file:///path or s3://bucket/prefix (default: .bfn/data/DATASET)")
+                   help="folder: a path, file:///path or s3://bucket/prefix (default: $BFN_DATA_URL/DATASET, else .bfn/data/DATASET)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample order and synthetic data (default: 0)")
     p.add_argument("--source-dir", default=None, metavar="DIR",
@@ -98,7 +99,8 @@ def run_shard(args) -> int:
 
     source = get_source(args.dataset)
     source.check_split(args.split)
-    out = args.out or f".bfn/data/{source.name}"
+    base = os.environ.get("BFN_DATA_URL", "").rstrip("/") or ".bfn/data"  # the stack's and the cluster's data root
+    out = args.out or f"{base}/{source.name}"
     with progress_bar() as bar:
         tasks: dict[str, int] = {}
 
