@@ -15,17 +15,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "configs" / "sweeps" / "digits_sigma.yaml"
-TRIALS = 5
-
-
-@pytest.fixture(scope="module")
-def digits_shards(tmp_path_factory):
-    from pipelines.data.writer import write_shards
-
-    root = tmp_path_factory.mktemp("shards") / "digits"
-    for split in ("train", "test"):
-        write_shards("digits", split, str(root), shard_size=100)
-    return root
+TRIALS = 6
 
 
 def _sets(shards: Path, optuna_db: Path, **extra) -> list[str]:
@@ -33,7 +23,7 @@ def _sets(shards: Path, optuna_db: Path, **extra) -> list[str]:
         "set.data.train": shards / "train" / "manifest.json", "set.data.val": shards / "test" / "manifest.json",
         "set.data.test": shards / "test" / "manifest.json", "set.training.steps": 40, "set.training.val_every": 10,
         "set.training.val_batches": 1, "set.training.num_samples": 4, "set.training.sample_steps": 5,
-        "set.model.width": 16, "asha.grace_period": 10, "asha.reduction_factor": 2, "budget.trials": TRIALS,
+        "set.model.width": 16, "asha.grace_period": 10, "asha.reduction_factor": 4, "budget.trials": TRIALS,
         "budget.concurrent": 2, "search.storage": f"sqlite:///{optuna_db}", "experiment": "sweep-it",
     }
     sets.update(extra)
@@ -47,6 +37,17 @@ def _env(cluster, mlflow_url, home: Path) -> dict:
 def _children(client, parent_id: str):
     exp = client.get_experiment_by_name("sweep-it")
     return client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def _terminated_in_tune_state(folder: Path) -> set[str]:
+    states = sorted(folder.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return set()
+    try:
+        trials = [json.loads(t[0]) for t in json.loads(states[-1].read_text())["trial_data"]]
+    except (json.JSONDecodeError, KeyError, IndexError):  # caught mid-write
+        return set()
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +73,13 @@ def resumed_sweep(ray_two_nodes, mlflow_url, digits_shards, tmp_path_factory):
                 continue
             parent = parents[0]
             done = [r for r in _children(client, parent.info.run_id) if r.info.status in ("FINISHED", "KILLED")]
-            if len(done) >= 2:
-                state_dir = tmp / ".bfn" / "ray_results" / parent.data.tags["bfn.sweep"]
-                last_end = max(r.info.end_time for r in done) / 1000
-                # Tune writes its experiment state every 2 s: wait for a write after these trials ended
-                states = list(state_dir.glob("experiment_state-*.json"))
-                if states and max(p.stat().st_mtime for p in states) > last_end + 0.5:
-                    finished_before = {r.data.tags["bfn.sweep.trial_id"]: r.info.end_time for r in done}
-                    break
+            # finished = ended in MLflow and saved as ended in Tune's experiment state (written every 2 s)
+            terminated = _terminated_in_tune_state(tmp / ".bfn" / "ray_results" / parent.data.tags["bfn.sweep"])
+            finished = {r.data.tags["bfn.sweep.trial_id"]: r.info.end_time for r in done
+                        if r.data.tags["bfn.sweep.trial_id"] in terminated}
+            if len(finished) >= 2:
+                finished_before = finished
+                break
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver dies hard, as when its machine goes away
