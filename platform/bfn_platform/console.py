@@ -5,6 +5,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console()
+err_console = Console(stderr=True)  # for notes beside output that scripts parse (e.g. a job id)
 
 
 def progress_bar() -> Progress:

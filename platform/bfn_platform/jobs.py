@@ -119,6 +119,7 @@ def _auth_headers(address: str) -> dict[str, str]:
 def client(address: str | None):
     """A connected JobSubmissionClient, or a one-line error naming the address."""
     url = resolve_address(address)
+    _probe(url)
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -127,6 +128,23 @@ def client(address: str | None):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BfnError(f"Ray Jobs API at {url} is unreachable ({first[:200]}): check the address "
                        "(`bfn stack status`), the dashboard port (8265) and, with token auth, RAY_AUTH_TOKEN_PATH") from None
+
+
+def _probe(url: str, timeout: float = 10.0) -> None:
+    """Ask the Jobs API for its version first: the SDK alone can hang on an address where nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + "/api/version", headers=_auth_headers(url))
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers; the SDK reports auth and version problems in its own words
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise BfnError(f"Ray Jobs API at {url} is unreachable ({reason}): check the address (`bfn stack status`), "
+                       "the dashboard port (8265) and that the cluster is up") from None
 
 
 def submission_id(name: str | None) -> str | None:

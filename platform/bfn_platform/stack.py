@@ -275,12 +275,19 @@ def _command(stack: Stack, name: str) -> tuple[list[str], dict[str, str]]:
     env.update({S.ENV_RAY_AUTH_MODE: "token", S.ENV_RAY_AUTH_TOKEN_PATH: str(stack.token_file)})
     cpus = str(max(1, os.cpu_count() or 1))
     common = ["--block", "--num-cpus", cpus, "--object-store-memory", str(NODE_OBJECT_STORE_BYTES),
-              "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", str(Path("/tmp") / f"bfn-ray-{stack.ports['ray']}")]
+              "--dashboard-agent-listen-port", str(free_port()),
+              # One temp dir per node: two nodes on one machine sharing one would share runtime_resources,
+              # and the worker node's cleanup of a job's working_dir would pull it from under the driver.
+              "--temp-dir", str(ray_temp_dir(stack, name))]
     if name == "ray-head":
         return [ray, "start", "--head", "--node-ip-address", S.LOCAL_HEAD_IP, "--port", str(stack.ports["ray"]),
                 "--dashboard-host", host, "--dashboard-port", str(stack.ports["dashboard"]),
                 "--ray-client-server-port", str(stack.ports["client"]), "--include-dashboard", "true", *common], env
     return [ray, "start", "--address", stack.gcs_address, "--node-ip-address", S.LOCAL_WORKER_IP, *common], env
+
+
+def ray_temp_dir(stack: Stack, node: str) -> Path:
+    return Path("/tmp") / f"bfn-ray-{stack.ports['ray']}-{node}"
 
 
 def ray_nodes(stack: Stack) -> list[dict] | None:
@@ -416,8 +423,9 @@ def down(home: Path, log=print) -> Stack:
             stop_group(rec["pid"], grace=10 if name.startswith("ray") else 15)
         stack.services.pop(name)
         stack.save()
-    temp = Path("/tmp") / f"bfn-ray-{stack.ports['ray']}"
-    shutil.rmtree(temp, ignore_errors=True)  # Ray's session folders of this stack only
+    for name in SERVICES:
+        if name.startswith("ray"):
+            shutil.rmtree(ray_temp_dir(stack, name), ignore_errors=True)  # Ray's session folders of this stack only
     return stack
 
 

@@ -1,5 +1,4 @@
 """Session-wide real services for the integration tests: a two-node Ray cluster and an MLflow server."""
-import os
 import sys
 from pathlib import Path
 

@@ -37,7 +37,9 @@ def run_list(args) -> int:
     from bfn_platform.console import console
     from bfn_platform.jobs import client, info_dict
 
-    rows = sorted((info_dict(j) for j in client(args.address).list_jobs()), key=lambda r: -(r["start_time"] or 0))
+    # Ray also lists every driver that connected with ray.init() (a notebook, a probe): keep submitted jobs
+    jobs = [j for j in client(args.address).list_jobs() if getattr(j, "submission_id", None)]
+    rows = sorted((info_dict(j) for j in jobs), key=lambda r: -(r["start_time"] or 0))
     if args.json:
         print(json.dumps(rows))
         return 0

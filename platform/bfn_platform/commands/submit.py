@@ -50,7 +50,7 @@ def entrypoint(command: list[str]) -> str:
 def run(args) -> int:
     import os
 
-    from bfn_platform.console import console
+    from bfn_platform.console import console, err_console
     from bfn_platform.jobs import client, redact, runtime_env, submission_id
     from pipelines.tracking import check_tracking_server
 
@@ -67,13 +67,13 @@ def run(args) -> int:
                              metadata={"name": args.name or "", "submitted_by": "bfn submit"})
     print(job_id, flush=True)
     if args.no_wait:
-        console.print(f"follow it with: bfn jobs logs {job_id} --follow", highlight=False, stderr=True)
+        err_console.print(f"follow it with: bfn jobs logs {job_id} --follow", highlight=False)
         return 0
     status = follow(jobs, job_id, args.timeout) if args.follow else wait(jobs, job_id, args.timeout)
     if status != "SUCCEEDED":
         raise BfnError(redact(f"job {job_id} ended {status}: {failure_line(jobs, job_id)} "
                               f"(its log: `bfn jobs logs {job_id}`)"))
-    console.print(f"job {job_id} SUCCEEDED", highlight=False, stderr=True)
+    err_console.print(f"job {job_id} SUCCEEDED", highlight=False)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -52,6 +53,8 @@ def run(args) -> int:
     env.pop("MLFLOW_TRACKING_URI", None)
     console.print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", highlight=False)
     sys.stdout.flush()
+    # SIGTERM becomes an exit that runs `finally`: whoever stops `bfn ui` stops the server (its own session) too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     proc = subprocess.Popen(server_command(uri, args.port, artifacts), env=env, start_new_session=True)
     try:
         return proc.wait()
