@@ -7,6 +7,15 @@ from pathlib import Path
 import numpy as np
 
 
+def save_figure(fig, path: str | Path, dpi: int | None = None) -> Path:
+    """Write a matplotlib figure (creating its folder) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def _pyplot():
     import matplotlib
 
@@ -47,11 +56,7 @@ def save_image_grid(images: np.ndarray, path: str | Path, title: str | None = No
     ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_likelihood_plot(table: dict, path: str | Path, title: str = "NLL bound versus steps") -> Path:
@@ -74,11 +79,7 @@ def save_likelihood_plot(table: dict, path: str | Path, title: str = "NLL bound 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_text_samples(samples: np.ndarray, path: str | Path, alphabet: str) -> Path:
@@ -103,11 +104,7 @@ def save_scatter(points: np.ndarray, path: str | Path, title: str | None = None)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_samples(samples: np.ndarray, kind: str, stem: str | Path, title: str | None = None,

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from pipelines.pictures import save_figure
 from sweeps.spec import EVAL_STEPS, LOSS_STEPS, SweepSpec, is_log_scale, step_count_value, trial_config
 from sweeps.trial import OBJECTIVE
 
@@ -93,8 +94,7 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
         ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(folder / f"objective_vs_{key.replace('.', '_')}.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        save_figure(fig, paths[-1], dpi=120)
     step_keys = [k for k in (LOSS_STEPS, EVAL_STEPS) if k in spec.space]
     if step_keys:
         fig, axes = plt.subplots(1, len(step_keys), figsize=(4.5 * len(step_keys), 3.6), squeeze=False)
@@ -111,8 +111,7 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
         fig.suptitle(f"{spec.name}: {metric} against step counts", fontsize=9)
         fig.tight_layout()
         paths.append(folder / "objective_vs_steps.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        save_figure(fig, paths[-1], dpi=120)
     if histories:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         status_of = dict(zip(df["trial_id"], df["status"]))
@@ -125,8 +124,7 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
         ax.set_title(f"{spec.name}: every trial (orange: stopped early by ASHA)", fontsize=9)
         fig.tight_layout()
         paths.append(folder / "objective_curves.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        save_figure(fig, paths[-1], dpi=120)
     return paths
 
 

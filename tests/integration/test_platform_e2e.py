@@ -78,16 +78,9 @@ def session_pids(sids) -> list[int]:
 
 
 def port_free(port: int) -> bool:
-    import socket
+    from bfn_platform.stack import port_in_use
 
-    for host in ("127.0.0.1", "127.0.0.2"):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-            except OSError:
-                return False
-    return True
+    return not any(port_in_use(host, port) for host in ("127.0.0.1", "127.0.0.2"))
 
 
 def test_platform_end_to_end(tmp_path):
