@@ -12,7 +12,6 @@ to a distribution, plus two keys that are not plain config fields:
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,10 +189,9 @@ def check_spec(spec: SweepSpec) -> ExperimentConfig:
         if key == EVAL_STEPS and dim.choice is None:
             raise PipelineError(f"sweep {spec.source}: space.eval_steps must be a choice of step counts (null = continuous time)")
         for value in dim.extremes():
-            cfg = trial_config(base, {key: value}, f"{spec.source} space.{key}={value!r}")
+            trial_config(base, {key: value}, f"{spec.source} space.{key}={value!r}")  # raises on an invalid value
             if key == EVAL_STEPS and value is not None and (not isinstance(value, int) or value < 1):
                 raise PipelineError(f"sweep {spec.source}: space.eval_steps values must be integers >= 1 or null, got {value!r}")
-            del cfg
     for sampled in _corners(spec):
         cfg = trial_config(base, sampled, spec.source)
         metric = spec.metric_name(sampled)
@@ -270,5 +268,3 @@ def step_count_value(value: Any) -> float:
     """A step count for plotting: null (continuous time) drawn as infinity."""
     return math.inf if value is None else float(value)
 
-
-SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
