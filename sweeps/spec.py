@@ -267,4 +267,3 @@ def is_log_scale(spec: SweepSpec, key: str) -> bool:
 def step_count_value(value: Any) -> float:
     """A step count for plotting: null (continuous time) drawn as infinity."""
     return math.inf if value is None else float(value)
-
