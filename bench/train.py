@@ -3,7 +3,7 @@
 Measured in this one run, on the same model, batch and data (the digits config's U-Net, its shards
 written to a temporary folder):
 
-  * plain loop: `pipelines.train.optimisation_step` in a Python loop over `_train_batches`, in this
+  * plain loop: `pipelines.worker.optimisation_step` in a Python loop over `train_batches`, in this
     process, with T torch threads;
   * Ray Train, 1 worker: the real `train_loop_per_worker` in a TorchTrainer with one worker of T CPUs;
   * Ray Train, 2 workers: two workers of T/2 CPUs each (DDP over gloo), same batch per worker.
@@ -17,7 +17,6 @@ Run: ``python bench/train.py [--steps 100] [--cpus 2]``.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
@@ -33,14 +32,14 @@ import torch  # noqa: E402
 from bfn_core import make_bfn  # noqa: E402
 from pipelines.config import ExperimentConfig, load_config  # noqa: E402
 from pipelines.data.writer import write_shards  # noqa: E402
-from pipelines.train import _train_batches, optimisation_step  # noqa: E402
+from pipelines.worker import ema_copy, make_optimizer, optimisation_step, train_batches  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "digits_discretised.yaml"
 
 
 def bench_config(manifest: Path, steps: int, workers: int, cpus: int, storage: Path, batch_size: int) -> ExperimentConfig:
     sets = {"data.train": manifest, "data.val": "null", "data.test": "null", "training.steps": 2 * steps,
-            "training.log_every": steps, "training.checkpoint_every": 2 * steps, "training.batch_size": batch_size,
+            "training.log_every": steps, "training.checkpoint_every": 2 * steps, "training.batch_size": batch_size * workers,
             "scaling.num_workers": workers, "scaling.cpus_per_worker": cpus, "storage.path": storage}
     return load_config(CONFIG, [f"{k}={v}" for k, v in sets.items()])
 
@@ -50,15 +49,14 @@ def plain_loop(cfg: ExperimentConfig, data_shape, threads: int) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.training.seed)
     bfn = make_bfn(data_shape=data_shape, **cfg.bfn_kwargs())
-    ema = copy.deepcopy(bfn).requires_grad_(False)
-    opt = torch.optim.AdamW(bfn.parameters(), lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
-                            weight_decay=cfg.optimizer.weight_decay)
-    batches = _train_batches(cfg, 0, 1, 0, torch.device("cpu"))
+    ema = ema_copy(bfn)
+    opt = make_optimizer(bfn, cfg)
+    batches = train_batches(cfg, 0, 1, 0, torch.device("cpu"))
     dims, window = math.prod(data_shape), cfg.training.log_every
     for step in range(cfg.training.steps):
         if step == window:
             start = time.perf_counter()
-        loss, _ = optimisation_step(bfn, bfn, ema, opt, next(batches), cfg, step, dims)
+        loss, _ = optimisation_step(bfn, bfn, ema, opt, [next(batches)], cfg, step, dims)
         loss.item()  # the Ray loop syncs on the loss every step too
     return window / (time.perf_counter() - start)
 
@@ -71,7 +69,7 @@ def ray_run(cfg: ExperimentConfig, data_shape, threads_per_worker: int) -> float
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.train import train_loop_per_worker
+    from pipelines.worker import train_loop_per_worker
 
     # one Ray session per layout: OMP_NUM_THREADS is a runtime_env setting, fixed per session
     init_ray(num_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,

@@ -35,15 +35,31 @@ def parse_steps(text: str) -> list[int | None]:
 
 @dataclass
 class LikelihoodRow:
+    """The bound at one step count, with two standard errors that measure different things:
+    ``se_examples`` across test examples (how far the mean might move on other data from the same
+    distribution), ``se_mc`` across Monte Carlo repeats of the whole test set (the noise of the estimate
+    on this data, as the reference code reports it; None with a single repeat)."""
+
     steps: int | None
     nats: float  # mean bound per example
-    nats_se: float  # standard error of that mean over examples
-    bits_per_dim: float
-    bits_per_dim_se: float
+    nats_se_examples: float
+    nats_se_mc: float | None
+    bits_per_dim: float  # per dimension, or per character for text (the table's unit)
+    bits_se_examples: float
+    bits_se_mc: float | None
 
     @property
     def label(self) -> str:
         return steps_label(self.steps)
+
+
+def _old_row(r: dict) -> dict:
+    """Rows written before the two standard errors had their own names carried one across examples."""
+    if "nats_se" in r:
+        r = {k: v for k, v in r.items() if k not in ("nats_se", "bits_per_dim_se")} | {
+            "nats_se_examples": r["nats_se"], "bits_se_examples": r["bits_per_dim_se"], "nats_se_mc": None,
+            "bits_se_mc": None}
+    return r
 
 
 @dataclass
@@ -52,60 +68,114 @@ class LikelihoodTable:
     num_examples: int
     dims: int
     unit: str = "dim"  # "dim" for images and vectors, "char" for text
+    n_repeats: int = 1
 
     def row(self, steps: int | None) -> LikelihoodRow:
         return next(r for r in self.rows if r.steps == steps)
 
     def to_dict(self) -> dict:
-        return {"num_examples": self.num_examples, "dims": self.dims, "unit": self.unit,
+        return {"num_examples": self.num_examples, "dims": self.dims, "unit": self.unit, "n_repeats": self.n_repeats,
                 "rows": [dict(asdict(r), label=r.label) for r in self.rows]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LikelihoodTable":
-        rows = [LikelihoodRow(**{k: v for k, v in r.items() if k != "label"}) for r in d["rows"]]
-        return cls(rows=rows, num_examples=d["num_examples"], dims=d["dims"], unit=d.get("unit", "dim"))
+        rows = [LikelihoodRow(**{k: v for k, v in _old_row(r).items() if k != "label"}) for r in d["rows"]]
+        return cls(rows=rows, num_examples=d["num_examples"], dims=d["dims"], unit=d.get("unit", "dim"),
+                   n_repeats=d.get("n_repeats", 1))
+
+    def monotone_violations(self, z: float = 2.0) -> list[tuple[str, str]]:
+        """Pairs of step counts (fewer, more) where the bound at more steps exceeds the bound at fewer by
+        more than z combined Monte Carlo standard errors (L^n must fall towards L^inf as n grows)."""
+        ordered = sorted(self.rows, key=lambda r: math.inf if r.steps is None else r.steps)
+        bad = []
+        for a, b in zip(ordered, ordered[1:]):
+            se = math.hypot(a.nats_se_mc or a.nats_se_examples, b.nats_se_mc or b.nats_se_examples)
+            if b.nats > a.nats + z * se:
+                bad.append((a.label, b.label))
+        return bad
 
     def format(self) -> str:
-        lines = [f"{'steps':>6} | {'nats/example':>18} | {'bits/' + self.unit:>16}"]
+        mc = self.n_repeats > 1
+        lines = [f"{'steps':>6} | {'nats/example':>18} | {'bits/' + self.unit:>16}" + (f" | {'MC s.e.':>8}" if mc else "")]
         for r in self.rows:
-            lines.append(f"{r.label:>6} | {r.nats:10.3f} ± {r.nats_se:5.3f} | {r.bits_per_dim:8.4f} ± {r.bits_per_dim_se:.4f}")
-        lines.append(f"({self.num_examples} examples, {self.dims} dims each; ± one standard error)")
+            lines.append(f"{r.label:>6} | {r.nats:10.3f} ± {r.nats_se_examples:5.3f} | {r.bits_per_dim:8.4f} ± "
+                         f"{r.bits_se_examples:.4f}" + (f" | {r.bits_se_mc:8.4f}" if mc else ""))
+        lines.append(f"({self.num_examples} examples, {self.dims} dims each, {self.n_repeats} repeat(s); ± one standard "
+                     "error across examples" + ("; MC s.e.: across repeats, in bits" if mc else "") + ")")
         return "\n".join(lines)
 
 
 @dataclass
 class LikelihoodAccumulator:
-    """Running sums per step count, mergeable across data-parallel workers."""
+    """Running sums per step count, mergeable across data-parallel workers.
+
+    Per step count: the sum and sum of squares over examples of each example's bound (averaged over
+    repeats), and for each repeat the sum over examples of that repeat's bound.
+    """
 
     steps: Sequence[int | None]
+    n_repeats: int = 1
     count: int = 0
     sums: dict = field(default_factory=dict)
     sq_sums: dict = field(default_factory=dict)
+    repeat_sums: dict = field(default_factory=dict)
     dims: int = 0
 
-    def add(self, steps: int | None, values: torch.Tensor) -> None:
-        v = values.detach().double().cpu()
-        self.sums[steps] = self.sums.get(steps, 0.0) + v.sum().item()
-        self.sq_sums[steps] = self.sq_sums.get(steps, 0.0) + (v**2).sum().item()
+    def add(self, steps: int | None, per_repeat: torch.Tensor) -> None:
+        """per_repeat: (n_repeats, B) bounds of a batch, one row per repeat."""
+        v = per_repeat.detach().double().cpu().reshape(self.n_repeats, -1)
+        mean = v.mean(0)
+        self.sums[steps] = self.sums.get(steps, 0.0) + mean.sum().item()
+        self.sq_sums[steps] = self.sq_sums.get(steps, 0.0) + (mean**2).sum().item()
+        by_repeat = v.sum(1).tolist()
+        old = self.repeat_sums.get(steps, [0.0] * self.n_repeats)
+        self.repeat_sums[steps] = [a + b for a, b in zip(old, by_repeat)]
 
     def merge(self, other: "LikelihoodAccumulator") -> None:
+        if other.n_repeats != self.n_repeats:
+            raise ValueError(f"cannot merge sums over {other.n_repeats} repeats into sums over {self.n_repeats}")
         self.count += other.count
         self.dims = self.dims or other.dims
         for s in other.sums:
             self.sums[s] = self.sums.get(s, 0.0) + other.sums[s]
             self.sq_sums[s] = self.sq_sums.get(s, 0.0) + other.sq_sums[s]
+            old = self.repeat_sums.get(s, [0.0] * self.n_repeats)
+            self.repeat_sums[s] = [a + b for a, b in zip(old, other.repeat_sums[s])]
+
+    def to_vector(self) -> list[float]:
+        """Every sum as one flat list (for an all-reduce); from_vector reads it back."""
+        out = [float(self.count)]
+        for s in self.steps:
+            out += [self.sums.get(s, 0.0), self.sq_sums.get(s, 0.0), *self.repeat_sums.get(s, [0.0] * self.n_repeats)]
+        return out
+
+    @classmethod
+    def from_vector(cls, steps, n_repeats: int, vec: Sequence[float], dims: int = 0) -> "LikelihoodAccumulator":
+        acc = cls(list(steps), n_repeats=n_repeats, count=int(round(vec[0])), dims=dims)
+        width = 2 + n_repeats
+        for i, s in enumerate(acc.steps):
+            part = vec[1 + i * width: 1 + (i + 1) * width]
+            acc.sums[s], acc.sq_sums[s], acc.repeat_sums[s] = part[0], part[1], list(part[2:])
+        return acc
 
     def table(self, unit: str = "dim") -> LikelihoodTable:
         if self.count == 0:
             raise ValueError("no examples were evaluated: the data iterable was empty")
         rows = []
+        n, r = self.count, self.n_repeats
+        scale = 1.0 / (self.dims * LN2)
         for s in self.steps:
-            mean = self.sums[s] / self.count
-            var = max(self.sq_sums[s] / self.count - mean**2, 0.0) * self.count / max(self.count - 1, 1)
-            se = math.sqrt(var / self.count)
-            scale = 1.0 / (self.dims * LN2)
-            rows.append(LikelihoodRow(s, mean, se, mean * scale, se * scale))
-        return LikelihoodTable(rows, self.count, self.dims, unit)
+            mean = self.sums[s] / n
+            var = max(self.sq_sums[s] / n - mean**2, 0.0) * n / max(n - 1, 1)
+            se_examples = math.sqrt(var / n)
+            se_mc = None
+            if r > 1:
+                means = [total / n for total in self.repeat_sums[s]]
+                m = sum(means) / r
+                se_mc = math.sqrt(sum((v - m) ** 2 for v in means) / (r - 1) / r)
+            rows.append(LikelihoodRow(s, mean, se_examples, se_mc, mean * scale, se_examples * scale,
+                                      None if se_mc is None else se_mc * scale))
+        return LikelihoodTable(rows, n, self.dims, unit, r)
 
 
 @torch.no_grad()
@@ -122,18 +192,20 @@ def evaluate_likelihood(
 ) -> LikelihoodTable:
     """Mean bound L^n + L^r per example (nats and bits per dim/char) for each n in `steps`.
 
-    Each example's bound is averaged over n_repeats Monte Carlo draws of (t, theta, y); the
-    standard error is over examples. L^r is drawn once per repeat and shared by the step counts.
+    Each repeat draws (t, theta, y) afresh for every example; L^r is drawn once per repeat and shared
+    by the step counts. Runs the model in eval mode (no dropout) and restores its mode after.
     """
     n_repeats = check_n_steps(n_repeats, "n_repeats")
-    acc = accumulator or LikelihoodAccumulator(list(steps))
+    acc = accumulator or LikelihoodAccumulator(list(steps), n_repeats=n_repeats)
+    if acc.n_repeats != n_repeats:
+        raise ValueError(f"the accumulator sums {acc.n_repeats} repeats, not {n_repeats}")
     was_training = bfn.training
     bfn.eval()
     try:
         for x in batches:
-            recon = sum(bfn.reconstruction_loss(x, generator) for _ in range(n_repeats)) / n_repeats
+            recon = torch.stack([bfn.reconstruction_loss(x, generator) for _ in range(n_repeats)])
             for s in steps:
-                bound = sum(bfn.loss(x, s, generator, n_mc) for _ in range(n_repeats)) / n_repeats
+                bound = torch.stack([bfn.loss(x, s, generator, n_mc) for _ in range(n_repeats)])
                 acc.add(s, bound + recon)
             acc.count += x.shape[0]
             acc.dims = x[0].numel()

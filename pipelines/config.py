@@ -20,7 +20,8 @@ class DataConfig(_Strict):
     val: str | None = Field(None, description="manifest URL of the validation shards")
     test: str | None = Field(None, description="manifest URL of the test shards")
     kind: Literal["continuous", "discretised", "discrete"]
-    num_classes: int | None = Field(None, ge=2, description="K bins (discretised) or K classes (discrete)")
+    num_classes: int | None = Field(None, ge=2, description="K bins (discretised), K classes (discrete), or for "
+                                    "continuous data the K levels it is quantised to (L^r over those K bins)")
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
     shuffle_buffer: int = Field(1000, ge=1)
 
@@ -38,9 +39,28 @@ class UNetConfig(_Strict):
     width: int = Field(32, ge=4)
     channel_mults: tuple[int, ...] = (1, 2, 2)
     blocks_per_level: int = Field(1, ge=1)
-    attention_resolutions: tuple[int, ...] = (8,)
+    attention_resolutions: tuple[int, ...] = Field((8,), description="feature-map sizes in pixels; the middle always has attention")
+    heads: int = Field(1, ge=1, description="attention heads")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    fourier_exponents: tuple[int, ...] = (7, 8)
+    fourier_exponents: tuple[int, ...] = Field((6, 7), description="features sin/cos(2 pi 2^e x) of the input")
+    conv_resample: bool = Field(True, description="learned convs to down/upsample (else pooling / nearest)")
+    scale_shift: bool = Field(True, description="time as scale and shift of the norm (else added)")
+    time_scale: float = Field(1000.0, gt=0.0, description="the time embedding sees time_scale * t")
+    time_channel: bool = Field(False, description="append 2t - 1 as an input channel")
+    project_input: bool = Field(False, description="per-pixel linear map of the input to width channels")
+    skip: bool = Field(False, description="the output layer also sees the (projected) input")
+    head_channels: int | None = Field(None, ge=1, description="conv head channels before a per-pixel linear output")
+
+
+class VDMUNetConfig(_Strict):
+    network: Literal["vdm_unet"] = "vdm_unet"
+    width: int = Field(128, ge=4)
+    n_blocks: int = Field(32, ge=1)
+    heads: int = Field(1, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    norm_groups: int | None = Field(32, ge=1)
+    fourier_exponents: tuple[int, ...] = Field((5, 6), description="features sin/cos(2 pi 2^e x) of the input")
+    attention_everywhere: bool = False
 
 
 class TransformerConfig(_Strict):
@@ -49,9 +69,12 @@ class TransformerConfig(_Strict):
     depth: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bias: bool = Field(True, description="biases in the blocks, final norm and head")
+    skip: bool = Field(False, description="the head also sees the input embedding")
+    positions: Literal["learned", "sinusoidal"] = "learned"
 
 
-ModelConfig = Annotated[Union[MLPConfig, UNetConfig, TransformerConfig], Field(discriminator="network")]
+ModelConfig = Annotated[Union[MLPConfig, UNetConfig, VDMUNetConfig, TransformerConfig], Field(discriminator="network")]
 
 
 class FlowConfig(_Strict):
@@ -63,6 +86,13 @@ class LossConfig(_Strict):
     type: Literal["continuous_time", "discrete_time"] = "continuous_time"
     n_steps: int | None = Field(None, ge=1, description="n for the discrete-time loss")
     n_mc: int = Field(1, ge=1, description="Monte Carlo draws of y per example in the discrete-time loss")
+    # Where the reference code departs from the paper's text, both are named here (defaults: the paper).
+    reconstruction_std_scale: float = Field(1.0, gt=0.0, description=(
+        "continuous data on K levels: the std of p_O(x | theta; 1) in units of sigma_1 (the paper: 1; the "
+        "reference code: 0.7 for 16-bin CIFAR-10)"))
+    receiver: Literal["mixture", "factorised"] = Field("mixture", description=(
+        "discrete data, discrete-time loss: the paper's K-dimensional receiver mixture, or the reference code's "
+        "per-class-coordinate two-component mixtures ('factorised', a looser bound)"))
 
     @model_validator(mode="after")
     def _n_for_discrete_time(self):
@@ -75,19 +105,31 @@ class OptimizerConfig(_Strict):
     name: Literal["adamw"] = "adamw"
     lr: float = Field(2e-4, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(1e-8, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    warmup_steps: int = Field(0, ge=0)
+    weight_decay_on: Literal["all", "weights"] = Field("all", description=(
+        "'all' parameters, or only the 'weights' of linear and convolution layers (not biases, norms, "
+        "embeddings: nanoGPT's rule, which the reference's text8 transformer uses)"))
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up (0: none, as the reference)")
 
 
 class TrainingConfig(_Strict):
     steps: int = Field(ge=1)
-    batch_size: int = Field(32, ge=1, description="per worker")
+    batch_size: int = Field(32, ge=1, description="global: examples per optimiser step over all workers")
+    micro_batch_size: int | None = Field(None, ge=1, description=(
+        "examples per worker per forward pass; the rest of the global batch is gradient accumulation "
+        "(default: batch_size / num_workers, no accumulation)"))
     grad_clip: float | None = Field(1.0, gt=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     checkpoint_every: int = Field(500, ge=1)
     val_every: int = Field(500, ge=1)
-    val_batches: int = Field(4, ge=1, description="validation batches per worker")
-    val_steps: list[int | None] = Field(default_factory=lambda: [None], description="step counts of the validation bound (null = continuous time)")
+    val_batches: int | None = Field(4, ge=1, description="validation batches per worker (null: the whole validation set)")
+    val_repeats: int = Field(1, ge=1, description="Monte Carlo repeats of the validation bound per example")
+    val_steps: list[int | None] = Field(default_factory=lambda: [None], description=(
+        "step counts of the validation bound (null = continuous time); the first one scores the best checkpoint"))
+    run_model: Literal["final", "best"] = Field("final", description=(
+        "the run's model (what eval, sample and register use): the final EMA weights, or those of the checkpoint "
+        "with the best validation bound; both are logged"))
     log_every: int = Field(10, ge=1)
     sample_steps: int = Field(100, ge=1, description="sampling steps for the pictures at validation")
     num_samples: int = Field(16, ge=1)
@@ -133,14 +175,35 @@ class ExperimentConfig(_Strict):
             raise ValueError("flow.beta_1 is required for discrete data (> 0, e.g. 9.0 for binarised MNIST)")
         if kind in ("discretised", "discrete") and self.data.num_classes is None:
             raise ValueError(f"data.num_classes is required for {kind} data (an integer >= 2)")
+        t, workers = self.training, self.scaling.num_workers
+        if t.batch_size % workers:
+            raise ValueError(f"training.batch_size {t.batch_size} (the global batch) is not divisible by "
+                             f"scaling.num_workers {workers}: choose a multiple of {workers}")
+        if (t.batch_size // workers) % self.micro_batch_size:
+            raise ValueError(f"training.micro_batch_size {t.micro_batch_size} does not divide the "
+                             f"{t.batch_size // workers} examples each of {workers} worker(s) gets per step "
+                             f"(training.batch_size {t.batch_size}): choose a divisor of {t.batch_size // workers}")
+        if t.run_model == "best" and not self.data.val:
+            raise ValueError("training.run_model 'best' needs validation data: set data.val or use 'final'")
         return self
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Examples per worker per forward pass."""
+        return self.training.micro_batch_size or self.training.batch_size // self.scaling.num_workers
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Forward/backward passes per worker per optimiser step (gradient accumulation)."""
+        return self.training.batch_size // (self.scaling.num_workers * self.micro_batch_size)
 
     def bfn_kwargs(self) -> dict[str, Any]:
         """Arguments for bfn_core.make_bfn (apart from the data shape)."""
         model = self.model.model_dump()
         network = model.pop("network")
         return dict(kind=self.data.kind, network=network, num_classes=self.data.num_classes,
-                    sigma_1=self.flow.sigma_1, beta_1=self.flow.beta_1, **model)
+                    sigma_1=self.flow.sigma_1, beta_1=self.flow.beta_1,
+                    reconstruction_std_scale=self.loss.reconstruction_std_scale, receiver=self.loss.receiver, **model)
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, for MLflow params."""

@@ -15,6 +15,7 @@ import torch
 
 from bfn_core import LikelihoodAccumulator, LikelihoodTable, evaluate_likelihood, steps_label
 from pipelines.errors import PipelineError
+from pipelines.names import test_metric, test_se_metric
 
 PARALLEL_THRESHOLD = 20000  # examples above which evaluation fans out over Ray by default
 RUN_TAG_TEST_SHA = "bfn.eval.test_sha256"
@@ -113,7 +114,8 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
 
 
 def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str) -> list[str]:
-    """Metrics test_bits_<n> (and _se, nats) plus likelihood.json / .parquet / .png artifacts."""
+    """Metrics test_bits_<n> and its standard errors (names.py), the same in nats, plus likelihood.json /
+    .parquet / .png artifacts."""
     import mlflow
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -126,8 +128,10 @@ def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str) -
     metrics = []
     for r in table.rows:
         label = steps_label(r.steps)
-        metrics += [Metric(f"test_bits_{label}", r.bits_per_dim, now, 0), Metric(f"test_bits_se_{label}", r.bits_per_dim_se, now, 0),
-                    Metric(f"test_nats_{label}", r.nats, now, 0), Metric(f"test_nats_se_{label}", r.nats_se, now, 0)]
+        values = {test_metric(label): r.bits_per_dim, test_metric(label, "nats"): r.nats,
+                  test_se_metric(label): r.bits_se_examples, test_se_metric(label, unit="nats"): r.nats_se_examples,
+                  test_se_metric(label, "mc"): r.bits_se_mc, test_se_metric(label, "mc", "nats"): r.nats_se_mc}
+        metrics += [Metric(k, v, now, 0) for k, v in values.items() if v is not None]
     client.log_batch(run_id, metrics=metrics)
     client.set_tag(run_id, RUN_TAG_TEST_SHA, digest)
     client.set_tag(run_id, RUN_TAG_TEST_MANIFEST, manifest)

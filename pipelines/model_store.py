@@ -12,8 +12,8 @@ from bfn_core import BFN, make_bfn
 from pipelines.checkpoints import load_weights, read_config
 from pipelines.errors import PipelineError
 
-MODEL_NAME = "model"  # the logged model's name within its run
-RUN_TAG_MODEL_ID = "bfn.model_id"
+MODEL_NAMES = {"final": "model", "best": "best_model"}  # logged models' names within their run
+RUN_TAG_MODEL_ID = "bfn.model_id"  # the run's model: what a run id stands for in eval, sample, register
 
 
 @dataclass
@@ -34,8 +34,10 @@ def build(meta: dict, state: dict) -> BFN:
     return bfn.eval()
 
 
-def log_model(bfn: BFN, meta: dict, run_id: str) -> str:
-    """Log the weights (safetensors) and config as a pyfunc model from code; returns its model URI."""
+def log_model(bfn: BFN, meta: dict, run_id: str, which: str = "final", is_run_model: bool = True) -> str:
+    """Log the weights (safetensors) and config as a pyfunc model from code; returns its model URI.
+    `which` is 'final' or 'best' (the best-validation EMA weights); tags bfn.model_id.<which>, and
+    bfn.model_id where it is the run's model."""
     import mlflow
     from safetensors.torch import save_file
 
@@ -47,13 +49,15 @@ def log_model(bfn: BFN, meta: dict, run_id: str) -> str:
         cfg.write_text(json.dumps(meta, indent=2))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
+                name=MODEL_NAMES[which],
                 python_model=str(Path(__file__).with_name("mlflow_model.py")),
                 artifacts={"weights": str(weights), "config": str(cfg)},
                 code_paths=[str(Path(__file__).resolve().parents[1] / "bfn_core")],
                 pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy", "safetensors", "mlflow"],
             )
-            mlflow.set_tag(RUN_TAG_MODEL_ID, info.model_id)
+            mlflow.set_tag(f"{RUN_TAG_MODEL_ID}.{which}", info.model_id)
+            if is_run_model:
+                mlflow.set_tag(RUN_TAG_MODEL_ID, info.model_id)
     if before.end_time:  # leaving start_run() ends the run now: keep the record of when and how it ended
         client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_uri

@@ -60,7 +60,7 @@ def save_image_grid(images: np.ndarray, path: str | Path, title: str | None = No
 
 
 def save_likelihood_plot(table: dict, path: str | Path, title: str = "NLL bound versus steps") -> Path:
-    """Plot the bound (bits per dim, with standard errors) against n; continuous time as a line."""
+    """Plot the bound (bits per dim, with standard errors across examples) against n; continuous time as a line."""
     plt = _pyplot()
     rows = table["rows"]
     finite = [r for r in rows if r["steps"] is not None]
@@ -69,11 +69,11 @@ def save_likelihood_plot(table: dict, path: str | Path, title: str = "NLL bound 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     if finite:
         ax.errorbar([r["steps"] for r in finite], [r["bits_per_dim"] for r in finite],
-                    yerr=[r["bits_per_dim_se"] for r in finite], marker="o", capsize=3, label="discrete time $L^n + L^r$")
+                    yerr=[r["bits_se_examples"] for r in finite], marker="o", capsize=3, label="discrete time $L^n + L^r$")
         ax.set_xscale("log")
     for r in cts:
         ax.axhline(r["bits_per_dim"], color="C1", linestyle="--", label="continuous time $L^\\infty + L^r$")
-        ax.axhspan(r["bits_per_dim"] - r["bits_per_dim_se"], r["bits_per_dim"] + r["bits_per_dim_se"], color="C1", alpha=0.2)
+        ax.axhspan(r["bits_per_dim"] - r["bits_se_examples"], r["bits_per_dim"] + r["bits_se_examples"], color="C1", alpha=0.2)
     ax.set_xlabel("steps n")
     ax.set_ylabel(f"bits / {unit}")
     ax.set_title(title, fontsize=10)

@@ -82,6 +82,10 @@ class Transform:
     def __call__(self, raw: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         raise NotImplementedError
 
+    def out_shape(self, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one transformed sample: the stored shape, as transforms are elementwise."""
+        return tuple(stored_shape)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.label()}: {self.description})"
 
@@ -130,6 +134,28 @@ class QuantiseTransform(Transform):
         return self.centres[bin_index(raw, self.spec.num_classes)]
 
 
+class RandomWindowTransform(Transform):
+    """A window of ``length`` values at a uniform random offset of each stored record, drawn afresh on
+    every read (text8's training windows), then the inner transform."""
+
+    stochastic = True
+
+    def __init__(self, inner: Transform, length: int):
+        super().__init__(inner.spec, f"random {length}-long windows, {inner.description}")
+        self.inner, self.length = inner, int(length)
+
+    def __call__(self, raw, rng=None):
+        if rng is None:
+            raise ValueError("random windows need a random generator (rng)")
+        span = raw.shape[-1] - self.length + 1
+        offsets = rng.integers(0, span, size=raw.shape[:-1])
+        rows = np.take_along_axis(raw, offsets[..., None] + np.arange(self.length), axis=-1)
+        return self.inner(rows, rng)
+
+    def out_shape(self, stored_shape):
+        return (*stored_shape[:-1], self.length)
+
+
 def resolve_read(stored: FieldSpec, default: ReadSpec | None, data_kind: str | None,
                  num_classes: int | None) -> ReadSpec:
     """The (data kind, K) to produce: the request, completed from the stored field or the default."""
@@ -155,26 +181,34 @@ def make_transform(stored: FieldSpec, data_kind: str | None = None, num_classes:
     """The transform from the stored field to (data_kind, K); None means the dataset's default.
 
     Possible reads:
-      * grey levels (stored "discretised", L levels): continuous (bin centres of L), discretised
+      * grey levels (stored "discretised", L levels): continuous (bin centres of L, or with K the
+        centres of K bins: data quantised to K levels and modelled as continuous), discretised
         with any K >= 2 (K = L: the levels' centres; otherwise rebinned), discrete K = 2 (dynamic
         binarisation, p = v / (L - 1)), or discrete K = L (the levels as classes);
       * classes (stored "discrete", K classes): discrete with the same K only;
-      * continuous values: continuous, or discretised with any K (quantised to bin centres).
+      * continuous values: continuous (with K: quantised to the centres of K bins), or discretised
+        with any K (quantised to bin centres).
     Anything else raises UnsupportedReadError (a ValueError) saying which reads the data allows.
+    A stored field with a ``window`` (text8's training records) is read as random windows of it.
     """
+    inner = _value_transform(stored, data_kind, num_classes, default)
+    window = stored.extra.get("window")
+    return RandomWindowTransform(inner, window) if window else inner
+
+
+def _value_transform(stored: FieldSpec, data_kind: str | None, num_classes: int | None,
+                     default: ReadSpec | None) -> Transform:
     spec = resolve_read(stored, default, data_kind, num_classes)
     kind, k = spec.data_kind, spec.num_classes
     if k is not None and (not isinstance(k, (int, np.integer)) or k < 2):
         raise UnsupportedReadError(f"num_classes must be an integer >= 2, not {k!r}")
-    if kind == "continuous" and k is not None:
-        raise UnsupportedReadError("continuous data has no num_classes: pass num_classes=None")
     stored_label = ReadSpec(stored.data_kind, stored.num_classes).label()
 
     if stored.data_kind == "discretised":  # L grey levels 0..L-1
         levels = int(stored.num_classes)
-        if kind == "continuous":
+        if kind == "continuous" and k is None:
             return LookupTransform(spec, bin_centres(levels), f"{levels} levels -> their bin centres")
-        if kind == "discretised":
+        if kind in ("continuous", "discretised"):
             table = bin_centres(k)[rebin_levels(levels, k)]
             what = "bin centres" if k == levels else f"rebinned to {k} bins"
             return LookupTransform(spec, table, f"{levels} levels -> {what}")
@@ -193,8 +227,8 @@ def make_transform(stored: FieldSpec, data_kind: str | None = None, num_classes:
                          f"K={stored.num_classes}, not {spec.label()}")
 
     # continuous
-    if kind == "continuous":
+    if kind == "continuous" and k is None:
         return CastTransform(spec, "continuous values as they are")
-    if kind == "discretised":
+    if kind in ("continuous", "discretised"):
         return QuantiseTransform(spec, f"continuous values -> centres of {k} bins")
     raise UnsupportedReadError(f"continuous data cannot be read as {spec.label()}: use continuous or discretised")

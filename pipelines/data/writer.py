@@ -27,7 +27,8 @@ import numpy as np
 
 from pipelines.data import storage
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, write_manifest
-from pipelines.data.sources import DatasetSource, get_source
+from pipelines.data.source import DatasetSource
+from pipelines.data.sources import get_source
 from pipelines.data.tarlayout import record_bytes
 from pipelines.errors import PipelineError
 
@@ -89,7 +90,7 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
     storage.delete(manifest_url)
 
     loaded = source.load(split, source_dir=source_dir, seed=seed, on_progress=on_download)
-    data, field = loaded.data, source.field
+    data, field = loaded.data, loaded.field
     order = np.random.default_rng([int(seed), 0x5A4D]).permutation(len(data))
     if limit is not None:
         order = order[:limit]

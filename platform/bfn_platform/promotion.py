@@ -2,9 +2,14 @@
 
 A promotion moves an alias (``champion`` by default) to a model version. It is guarded by the
 likelihood results that `bfn eval` logs to the version's run (metrics ``test_bits_<label>`` and
-``test_bits_se_<label>``, tag ``bfn.eval.test_sha256``): the candidate must have been evaluated on
-the same test shards as the current holder of the alias and beat it by more than the combined
-standard error. Lower bits are better.
+``test_bits_se_examples_<label>``, tag ``bfn.eval.test_sha256``): the candidate must have been
+evaluated on the same test shards as the current holder of the alias and beat it by more than the
+combined standard error. Lower bits are better.
+
+Which standard error: the one across test examples. The claim a promotion makes is that the
+candidate models the data better, not only these test examples; the spread across examples covers
+both the test set's sampling and the Monte Carlo noise of the bound (it is never smaller than the
+Monte Carlo standard error across repeats, which measures the estimator's noise on this one test set).
 
 Concurrency: MLflow has no compare-and-set on aliases or tags, but creating a registered model is
 atomic (the name is a unique key in the server's database, so a second create fails with
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bfn_platform.errors import BfnError
+from pipelines.names import LEGACY_SE, test_metric, test_se_metric
 
 DEFAULT_ALIAS = "champion"
 LOCK_PREFIX = "bfn-lock."
@@ -77,8 +83,8 @@ class Evaluation:
     def figure(self) -> str:
         if self.bits is None:
             return f"v{self.version}: not evaluated at {self.label}"
-        se = f" ± {self.se:.4f}" if self.se is not None else ""
-        return f"v{self.version}: test_bits_{self.label} = {self.bits:.4f}{se}"
+        se = f" ± {self.se:.4f} (s.e. across test examples)" if self.se is not None else ""
+        return f"v{self.version}: {test_metric(self.label)} = {self.bits:.4f}{se}"
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,8 @@ class Verdict:
 
 
 def evaluation_from_run(version: str, label: str, metrics: dict[str, float], tags: dict[str, str]) -> Evaluation:
-    return Evaluation(version, label, metrics.get(f"test_bits_{label}"), metrics.get(f"test_bits_se_{label}"),
-                      tags.get(TEST_SHA_TAG))
+    se = metrics.get(test_se_metric(label), metrics.get(LEGACY_SE.format(label=label)))
+    return Evaluation(version, label, metrics.get(test_metric(label)), se, tags.get(TEST_SHA_TAG))
 
 
 def judge(candidate: Evaluation, champion: Evaluation | None, name: str) -> Verdict:
@@ -98,7 +104,7 @@ def judge(candidate: Evaluation, champion: Evaluation | None, name: str) -> Verd
     eval_hint = f"evaluate it with `bfn eval models:/{name}/{candidate.version} --steps {_steps_arg(candidate.label)}`"
     if not candidate.evaluated:
         missing = "no test manifest digest" if candidate.bits is not None and candidate.test_sha is None else \
-            f"no test_bits_{candidate.label} / test_bits_se_{candidate.label}"
+            f"no {test_metric(candidate.label)} / {test_se_metric(candidate.label)}"
         return Verdict(False, f"candidate v{candidate.version} has {missing}: {eval_hint}")
     if champion is None:
         return Verdict(True, f"no current holder; candidate {candidate.figure()}")
@@ -115,8 +121,10 @@ def judge(candidate: Evaluation, champion: Evaluation | None, name: str) -> Verd
     margin = math.sqrt(candidate.se ** 2 + champion.se ** 2)
     figures = f"candidate {candidate.figure()}, champion {champion.figure()}, required < {champion.bits - margin:.4f}"
     if candidate.bits + margin < champion.bits:
-        return Verdict(True, f"better by {champion.bits - candidate.bits:.4f} > {margin:.4f} (combined s.e.): {figures}")
-    return Verdict(False, f"not better by more than the combined standard error {margin:.4f}: {figures}")
+        return Verdict(True, f"better by {champion.bits - candidate.bits:.4f} > {margin:.4f} (combined s.e. across "
+                             f"test examples): {figures}")
+    return Verdict(False, f"not better by more than the combined standard error across test examples {margin:.4f}: "
+                          f"{figures}")
 
 
 def _steps_arg(label: str) -> str:

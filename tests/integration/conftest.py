@@ -40,10 +40,10 @@ def tracked(mlflow_url, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def digits_shards(tmp_path_factory):
-    """scikit-learn's digits as train and test shard sets (100 examples a shard) on local disk."""
+    """scikit-learn's digits as train, val and test shard sets (100 examples a shard) on local disk."""
     from pipelines.data.writer import write_shards
 
     root = tmp_path_factory.mktemp("shards") / "digits"
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         write_shards("digits", split, str(root), shard_size=100)
     return root

@@ -108,9 +108,9 @@ def test_platform_end_to_end(tmp_path):
         assert sorted(addrs) == ["127.0.0.2", "127.0.0.3"], nodes.stderr[-2000:]
 
         data = "s3://bfn/data/digits"
-        for split in ("train", "test"):
+        for split in ("train", "val", "test"):
             ok(cli("data", "shard", "digits", "--split", split, "--out", data, "--shard-size", "200", env=env))
-        manifests = [f"data.{s}={data}/{'test' if s == 'val' else s}/manifest.json" for s in ("train", "val", "test")]
+        manifests = [f"data.{s}={data}/{s}/manifest.json" for s in ("train", "val", "test")]
 
         runs = []
         for steps in (4, 80):  # a barely trained and a better trained model

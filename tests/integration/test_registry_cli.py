@@ -47,13 +47,13 @@ def evaluated_run(client, experiment_id: str, bits: float, se: float = 0.01, sha
         client.log_metric(run_id, "loss", bits * 10 / step, step=step)
         client.log_metric(run_id, "val_bits_inf", bits + 1 / step, step=step)
     client.log_metric(run_id, "test_bits_inf", bits)
-    client.log_metric(run_id, "test_bits_se_inf", se)
+    client.log_metric(run_id, "test_bits_se_examples_inf", se)
     client.set_tag(run_id, "bfn.eval.test_sha256", sha)
     client.log_param(run_id, "training.steps", str(int(100 / bits)))
     with tempfile.TemporaryDirectory() as tmp:
         table = {"num_examples": 297, "dims": 64, "unit": "dim", "manifest_sha256": sha,
-                 "rows": [{"steps": None, "label": "inf", "bits_per_dim": bits, "bits_per_dim_se": se, "nats": bits * 44.4,
-                           "nats_se": se * 44.4}]}
+                 "rows": [{"steps": None, "label": "inf", "bits_per_dim": bits, "bits_se_examples": se, "nats": bits * 44.4,
+                           "nats_se_examples": se * 44.4}]}
         (Path(tmp) / "likelihood.json").write_text(json.dumps(table))
         client.log_artifact(run_id, str(Path(tmp) / "likelihood.json"), "eval")
     model = client.create_logged_model(experiment_id, source_run_id=run_id)

@@ -20,7 +20,7 @@ TRIALS = 6
 
 def _sets(shards: Path, optuna_db: Path, **extra) -> list[str]:
     sets = {
-        "set.data.train": shards / "train" / "manifest.json", "set.data.val": shards / "test" / "manifest.json",
+        "set.data.train": shards / "train" / "manifest.json", "set.data.val": shards / "val" / "manifest.json",
         "set.data.test": shards / "test" / "manifest.json", "set.training.steps": 40, "set.training.val_every": 10,
         "set.training.val_batches": 1, "set.training.num_samples": 4, "set.training.sample_steps": 5,
         "set.model.width": 16, "asha.grace_period": 10, "asha.reduction_factor": 4, "budget.trials": TRIALS,

@@ -18,7 +18,7 @@ def _config(shards: Path, tmp: Path, **overrides):
     from pipelines.config import load_config
 
     sets = {
-        "data.train": shards / "train" / "manifest.json", "data.val": shards / "test" / "manifest.json",
+        "data.train": shards / "train" / "manifest.json", "data.val": shards / "val" / "manifest.json",
         "data.test": shards / "test" / "manifest.json", "training.steps": 30, "training.checkpoint_every": 10,
         "training.val_every": 15, "training.log_every": 5, "training.val_batches": 2, "training.num_samples": 4,
         "training.sample_steps": 5, "scaling.num_workers": 2, "storage.path": tmp / "ray_results",
@@ -103,7 +103,7 @@ def test_eval_and_sample_through_the_cli(trained_run, mlflow_url, tmp_path):
     assert [r["label"] for r in table["rows"]] == ["n10", "inf"] and table["num_examples"] == 297
     client = mlflow.MlflowClient(mlflow_url)
     run = client.get_run(trained_run.run_id)
-    assert {"test_bits_n10", "test_bits_inf", "test_bits_se_inf"} <= set(run.data.metrics)
+    assert {"test_bits_n10", "test_bits_inf", "test_bits_se_examples_inf"} <= set(run.data.metrics)
     assert {a.path for a in client.list_artifacts(trained_run.run_id, "eval")} == {
         "eval/likelihood.json", "eval/likelihood.parquet", "eval/likelihood.png"}
     out = tmp_path / "samples"
@@ -128,7 +128,7 @@ def test_bad_config_missing_manifest_unreachable_server(mlflow_url, digits_shard
 
     env = {"MLFLOW_TRACKING_URI": mlflow_url, "BFN_HOME": str(tmp_path / ".bfn")}
     base = ["train", str(CONFIG), "--set", f"data.train={digits_shards / 'train' / 'manifest.json'}",
-            "--set", f"data.val={digits_shards / 'test' / 'manifest.json'}",
+            "--set", f"data.val={digits_shards / 'val' / 'manifest.json'}",
             "--set", f"data.test={digits_shards / 'test' / 'manifest.json'}", "--set", "tracking.experiment=bad-input"]
     _one_line_error(_cli(*base, "--set", "flow.sigma_1=2", env_extra=env), "flow.sigma_1")
     _one_line_error(_cli(*base, "--set", "data.train=/nowhere/manifest.json", env_extra=env), "/nowhere/manifest.json")

@@ -32,10 +32,15 @@ def _raw(**changes):
     ({"flow.sigma_1": 1.5}, r"flow.sigma_1: Input should be less than 1"),
     ({"training.steps": 0}, r"training.steps: Input should be greater than or equal to 1"),
     ({"data.kind": "images"}, r"data.kind: .*'continuous', 'discretised' or 'discrete'"),
-    ({"model.network": "vit"}, r"model.network must be one of 'mlp', 'unet', 'transformer', got 'vit'"),
+    ({"model.network": "vit"}, r"model.network must be one of 'mlp', 'unet', .*'transformer'.*, got 'vit'"),
     ({"model.widht": 3}, r"model.widht: unknown field"),
     ({"loss.type": "discrete_time"}, r"loss.n_steps is required when loss.type is 'discrete_time'"),
     ({"data.kind": "discrete"}, r"flow.beta_1 is required for discrete data"),
+    ({"training.batch_size": 30, "scaling.num_workers": 4}, r"training.batch_size 30 \(the global batch\) is not divisible "
+                                                            r"by scaling.num_workers 4"),
+    ({"training.batch_size": 32, "training.micro_batch_size": 5}, r"micro_batch_size 5 does not divide the 32 examples"),
+    ({"training.run_model": "best"}, r"training.run_model 'best' needs validation data"),
+    ({"loss.receiver": "joint"}, r"loss.receiver: Input should be 'mixture' or 'factorised'"),
 ])
 def test_bad_values_name_the_field(changes, message):
     with pytest.raises(PipelineError, match=message):
@@ -52,3 +57,10 @@ def test_overrides_and_file_errors(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(PipelineError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_the_batch_is_global_and_the_rest_is_accumulation():
+    cfg = parse_config(_raw(**{"training.batch_size": 512, "scaling.num_workers": 4, "training.micro_batch_size": 32}))
+    assert cfg.micro_batch_size == 32 and cfg.accumulation_steps == 4  # 4 workers x 4 passes x 32 = 512
+    cfg = parse_config(_raw(**{"training.batch_size": 512, "scaling.num_workers": 4}))
+    assert cfg.micro_batch_size == 128 and cfg.accumulation_steps == 1

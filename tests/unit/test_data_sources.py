@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.data import sources
+from pipelines.data import paper_sets, sources
 from pipelines.data.download import ChecksumWarning, RemoteFile
 from pipelines.data.localserver import free_port
 from pipelines.data.sources import (
@@ -67,8 +67,12 @@ def fake_text(n_chars: int, seed: int = 0) -> bytes:
 def test_unknown_data_set_and_split_are_one_line_errors():
     with pytest.raises(PipelineError, match=r"unknown data set 'mnistt': choose one of mnist, cifar10, text8, digits"):
         get_source("mnistt")
-    with pytest.raises(PipelineError, match="text8 has no split 'dev': choose one of train, validation, test"):
+    with pytest.raises(PipelineError, match="text8 has no split 'dev': choose one of train, val, test"):
         get_source("text8").check_split("dev")
+
+
+def test_every_data_set_names_its_validation_split_val():
+    assert all(src.splits == ("train", "val", "test") for src in sources.SOURCES.values())
 
 
 def test_every_source_declares_a_readable_default():
@@ -86,15 +90,31 @@ def test_every_source_declares_a_readable_default():
 def test_digits_are_sklearns_digits_with_a_fixed_split():
     from sklearn.datasets import load_digits
 
-    train = Digits().load("train").data
+    train, val = Digits().load("train"), Digits().load("val")
     test = Digits().load("test").data
-    assert train.shape == (1500, 8, 8, 1) and test.shape == (297, 8, 8, 1) and train.dtype == np.uint8
-    assert train.max() == 16 and train.min() == 0
+    assert train.data.shape == (1350, 8, 8, 1) and val.data.shape == (150, 8, 8, 1) and test.shape == (297, 8, 8, 1)
+    assert train.data.dtype == np.uint8 and train.data.max() == 16 and train.data.min() == 0
     images = load_digits().images.astype(np.uint8)[..., None]
     order = np.random.default_rng(0).permutation(len(images))
-    np.testing.assert_array_equal(train, images[order[:1500]])
+    cut = Digits.holdout.indices(1500)
+    np.testing.assert_array_equal(train.data, images[order[:1500]][cut["train"]])
+    np.testing.assert_array_equal(val.data, images[order[:1500]][cut["val"]])
     np.testing.assert_array_equal(test, images[order[1500:]])
-    assert np.array_equal(Digits().load("train", seed=5).data, train)  # the split never depends on the seed
+    assert np.array_equal(Digits().load("train", seed=5).data, train.data)  # the split never depends on the seed
+    record = {k: v for k, v in train.info["holdout"].items() if k != "role"}
+    assert record == {k: v for k, v in val.info["holdout"].items() if k != "role"}
+    assert record["parent"] == "train" and record["fraction"] == 0.1 and record["held_out"] == 150
+
+
+@pytest.mark.parametrize("n", [2, 7, 100, 50000])
+def test_a_held_out_validation_split_never_overlaps_training(n):
+    from pipelines.data.source import Holdout
+
+    cut = Holdout(0.01).indices(n)
+    assert len(np.intersect1d(cut["val"], cut["train"])) == 0
+    assert np.array_equal(np.sort(np.concatenate([cut["val"], cut["train"]])), np.arange(n))
+    assert len(cut["val"]) == min(n - 1, max(1, round(0.01 * n)))
+    assert np.array_equal(Holdout(0.01).indices(n)["val"], cut["val"])  # fixed by the data set, not by a write
 
 
 def test_mixture_is_deterministic_per_seed_and_follows_its_process():
@@ -126,7 +146,12 @@ def test_mnist_reads_idx_files_from_source_dir(tmp_path):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(idx_images(images))
     with pytest.warns(ChecksumWarning, match="does not match the canonical"):
         out = MNIST().load("train", source_dir=str(tmp_path))
-    np.testing.assert_array_equal(out.data, images[..., None])
+    with pytest.warns(ChecksumWarning):
+        val = MNIST().load("val", source_dir=str(tmp_path))
+    cut = MNIST.holdout.indices(7)  # 1% of the training images, at least one, held out as val
+    np.testing.assert_array_equal(out.data, images[cut["train"], ..., None])
+    np.testing.assert_array_equal(val.data, images[cut["val"], ..., None])
+    assert val.info["holdout"]["role"] == "validation" and out.info["holdout"]["fraction"] == 0.01
     assert out.info["verified"] is False and out.info["obtained_from"] == ["source-dir"]
     assert out.info["files"]["train-images-idx3-ubyte.gz"] == hashlib.sha256(idx_images(images)).hexdigest()
     # the unpacked form is accepted too
@@ -148,8 +173,8 @@ def test_cifar10_reads_the_python_tarball_channel_last(tmp_path):
     with pytest.warns(ChecksumWarning):
         train = CIFAR10().load("train", source_dir=str(tmp_path)).data
     expected = np.concatenate([batches[f"data_batch_{i}"] for i in range(1, 6)])
-    assert train.shape == (15, 32, 32, 3)
-    np.testing.assert_array_equal(train, expected)
+    assert train.shape == (14, 32, 32, 3)  # one of 15 held out as val
+    np.testing.assert_array_equal(train, expected[CIFAR10.holdout.indices(15)["train"]])
     with pytest.warns(ChecksumWarning):
         np.testing.assert_array_equal(CIFAR10().load("test", source_dir=str(tmp_path)).data, batches["test_batch"])
 
@@ -174,21 +199,43 @@ def test_cifar_batches_never_unpickle_arbitrary_objects(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pipelines.data.download.ChecksumWarning")
-def test_text8_zip_splits_90_5_5_into_chunks_of_256(tmp_path):
+def test_text8_zip_splits_90_5_5_into_windows_and_chunks_of_256(tmp_path):
     text = fake_text(256 * 40 + 100)
     with zipfile.ZipFile(tmp_path / "text8.zip", "w") as z:
         z.writestr("text8", text)
-    out = {s: Text8().load(s, source_dir=str(tmp_path)).data for s in ("train", "validation", "test")}
+    out = {s: Text8().load(s, source_dir=str(tmp_path)).data for s in ("train", "val", "test")}
     n = len(text)
-    assert out["train"].shape == (int(0.9 * n) // 256, 256) and out["train"].dtype == np.uint8
-    assert out["validation"].shape[0] == (round(0.95 * n) - round(0.9 * n)) // 256
-    assert decode_text(out["train"][0]) == text[:256].decode()
-    assert decode_text(out["validation"][0]) == text[round(0.9 * n):round(0.9 * n) + 256].decode()
+    train_chars = round(0.9 * n)
+    # training records of 511 characters every 256: each holds the windows starting in its first 256
+    assert out["train"].shape == ((train_chars - 511) // 256 + 1, 511) and out["train"].dtype == np.uint8
+    assert decode_text(out["train"][1]) == text[256:256 + 511].decode()
+    assert out["val"].shape[0] == (round(0.95 * n) - round(0.9 * n)) // 256
+    assert decode_text(out["val"][0]) == text[round(0.9 * n):round(0.9 * n) + 256].decode()
     assert decode_text(out["test"][-1]) in text.decode()
     # the unpacked file is accepted too
     (tmp_path / "text8.zip").unlink()
     (tmp_path / "text8").write_bytes(text)
     np.testing.assert_array_equal(Text8().load("train", source_dir=str(tmp_path)).data, out["train"])
+
+
+@pytest.mark.filterwarnings("ignore::pipelines.data.download.ChecksumWarning")
+def test_text8_training_reads_windows_at_uniform_random_offsets(tmp_path):
+    from pipelines.data.transforms import make_transform
+
+    text = fake_text(256 * 60)
+    (tmp_path / "text8").write_bytes(text)
+    train = Text8().load("train", source_dir=str(tmp_path))
+    transform = make_transform(train.field, default=Text8.default_read)
+    assert transform.out_shape(train.field.shape) == (256,) and transform.stochastic
+    rng = np.random.default_rng(0)
+    records = np.repeat(train.data[:1], 4000, axis=0)
+    windows = transform(records, rng)
+    assert windows.shape == (4000, 256) and windows.dtype == np.int64
+    whole = decode_text(train.data[0])
+    offsets = np.array([whole.index(decode_text(w)) for w in windows[:400]])  # every window is a real substring
+    assert offsets.min() >= 0 and offsets.max() <= 255
+    counts = np.bincount(np.array([whole.find(decode_text(w)) for w in windows[:2000]]), minlength=256)
+    assert (counts > 0).sum() > 200  # offsets spread over the whole range 0..255
 
 
 def test_text8_rejects_characters_outside_the_alphabet(tmp_path):
@@ -244,10 +291,10 @@ def test_download_checks_sha256_then_caches(http_dir, monkeypatch, tmp_path):
     (root / "train-images-idx3-ubyte.gz").write_bytes(blob)
     remote = RemoteFile("train-images-idx3-ubyte.gz", f"{base}/train-images-idx3-ubyte.gz",
                         hashlib.sha256(blob).hexdigest())
-    monkeypatch.setitem(sources.MNIST_FILES, "train", remote)
+    monkeypatch.setitem(paper_sets.MNIST_FILES, "train", remote)
     progress = []
     out = MNIST().load("train", on_progress=lambda done, total: progress.append((done, total)))
-    np.testing.assert_array_equal(out.data[..., 0], images)
+    np.testing.assert_array_equal(out.data[..., 0], images[MNIST.holdout.indices(5)["train"]])
     assert out.info["verified"] is True and out.info["obtained_from"] == ["download"]
     assert progress and progress[-1][0] == len(blob)
     cached = tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz"
@@ -260,7 +307,7 @@ def test_download_with_a_wrong_checksum_leaves_nothing_in_the_cache(http_dir, mo
     root, base = http_dir
     monkeypatch.delenv("BFN_OFFLINE")
     (root / "text8.zip").write_bytes(b"tampered")
-    monkeypatch.setattr(sources, "TEXT8_FILE", RemoteFile("text8.zip", f"{base}/text8.zip", "0" * 64))
+    monkeypatch.setattr(paper_sets, "TEXT8_FILE", RemoteFile("text8.zip", f"{base}/text8.zip", "0" * 64))
     with pytest.raises(DownloadError, match=r"could not download text8 from http://127\.0\.0\.1:\d+/text8\.zip: "
                                             r"place the files in .* or pass --source-dir \(the download does not match"):
         Text8().load("train")
@@ -270,7 +317,7 @@ def test_download_with_a_wrong_checksum_leaves_nothing_in_the_cache(http_dir, mo
 def test_unreachable_download_fails_fast_with_the_offline_message(monkeypatch):
     monkeypatch.delenv("BFN_OFFLINE")
     url = f"http://127.0.0.1:{free_port()}/cifar-10-python.tar.gz"
-    monkeypatch.setattr(sources, "CIFAR10_FILE", RemoteFile("cifar-10-python.tar.gz", url, "0" * 64))
+    monkeypatch.setattr(paper_sets, "CIFAR10_FILE", RemoteFile("cifar-10-python.tar.gz", url, "0" * 64))
     with pytest.raises(DownloadError, match=rf"could not download cifar10 from {re.escape(url)}: place the files in "
                                             r".* or pass --source-dir \(.*refused"):
         CIFAR10().load("train")
@@ -279,7 +326,7 @@ def test_unreachable_download_fails_fast_with_the_offline_message(monkeypatch):
 def test_source_split_shape_is_checked():
     class Broken(GaussianMixture2D):
         def _load(self, split, **kw):
-            return sources.SourceSplit(np.zeros((3, 3), np.float32))
+            return sources.SourceSplit(np.zeros((3, 3), np.float32))  # noqa
 
     with pytest.raises(PipelineError, match=r"expected float32\(3, 2\)"):
         Broken().load("train")

@@ -131,7 +131,6 @@ def test_defaults_come_from_the_manifest_default():
     (TEXT, "discrete", 2, "only be read as discrete K=27"),
     (MNIST, "discrete", 5, "K=2 .binarised. or K=256"),
     (POINTS, "discrete", 2, "cannot be read"),
-    (MNIST, "continuous", 4, "no num_classes"),
     (MNIST, "discretised", 1, ">= 2"),
     (MNIST, "gaussian", None, "unknown data kind"),
     (MNIST, None, 16, "without data_kind"),
@@ -141,3 +140,16 @@ def test_impossible_reads_are_clear_value_errors(field, kind, k, match):
     with pytest.raises(UnsupportedReadError, match=match) as info:
         make_transform(field, kind, k)
     assert isinstance(info.value, ValueError)
+
+
+def test_continuous_data_on_k_levels_reads_as_the_bin_centres_of_k_bins():
+    """CIFAR-10 modelled as continuous at 16 levels (the paper's continuous 16-bin setup): the values are
+    the 16 bin centres, as floats for a continuous model; the same for stored continuous values."""
+    t = make_transform(MNIST, "continuous", 16)
+    levels = np.arange(256, dtype=np.uint8)
+    out = t(levels)
+    assert t.spec == ReadSpec("continuous", 16) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, make_transform(MNIST, "discretised", 16)(levels))
+    assert len(np.unique(out)) == 16
+    q = make_transform(POINTS, "continuous", 4)(np.array([-0.9, -0.1, 0.2, 0.99], dtype=np.float32))
+    np.testing.assert_allclose(q, [-0.75, -0.25, 0.25, 0.75])

@@ -21,8 +21,8 @@ def test_grid_layout_and_png_files(tmp_path):
     assert grid.shape == (2 * 5 + 1, 3 * 4 + 1, 1)
     png = save_image_grid(np.random.uniform(-1, 1, (6, 8, 8, 1)), tmp_path / "g.png", title="t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = {"unit": "dim", "rows": [{"steps": 10, "bits_per_dim": 2.0, "bits_per_dim_se": 0.1},
-                                     {"steps": None, "bits_per_dim": 1.5, "bits_per_dim_se": 0.05}]}
+    table = {"unit": "dim", "rows": [{"steps": 10, "bits_per_dim": 2.0, "bits_se_examples": 0.1},
+                                     {"steps": None, "bits_per_dim": 1.5, "bits_se_examples": 0.05}]}
     assert save_likelihood_plot(table, tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
     txt = save_text_samples(np.array([[1, 2, 0], [26, 0, 1]]), tmp_path / "s.txt", " abcdefghijklmnopqrstuvwxyz")
     assert txt.read_text() == "ab \nz a\n"

@@ -6,7 +6,7 @@ import torch
 
 from pipelines.config import load_config
 from pipelines.data.writer import write_shards
-from pipelines.train import _train_batches
+from pipelines.worker import train_batches
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def digits_cfg(tmp_path_factory):
 @pytest.mark.parametrize("start", [0, 5, 19, 40])  # 297 test digits / 16 = 19 batches per epoch
 def test_resume_continues_the_uninterrupted_order(digits_cfg, start):
     device = torch.device("cpu")
-    full = list(itertools.islice(_train_batches(digits_cfg, 0, 1, 0, device), start + 6))
-    resumed = list(itertools.islice(_train_batches(digits_cfg, 0, 1, start, device), 6))
+    full = list(itertools.islice(train_batches(digits_cfg, 0, 1, 0, device), start + 6))
+    resumed = list(itertools.islice(train_batches(digits_cfg, 0, 1, start, device), 6))
     for a, b in zip(full[start:], resumed):
         assert torch.equal(a, b)

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from bfn_platform.errors import BfnError
+from pipelines.names import test_metric, test_se_metric
 
 EPILOG = """examples:
   bfn models register 3f2c9a... --name digits
@@ -183,7 +184,7 @@ def describe(client, name: str, label: str) -> dict:
         ev = evaluation_of(client, mv, label)
         versions.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
                          "run_id": mv.run_id, "status": mv.status, "created": mv.creation_timestamp,
-                         f"test_bits_{label}": ev.bits, f"test_bits_se_{label}": ev.se, "test_sha256": ev.test_sha,
+                         test_metric(label): ev.bits, test_se_metric(label): ev.se, "test_sha256": ev.test_sha,
                          "tags": dict(mv.tags)})
     return {"name": name, "aliases": {a: str(v) for a, v in (model.aliases or {}).items()}, "steps": label,
             "versions": versions, "history": history(client, name)}
@@ -199,10 +200,10 @@ def run_show(args) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    table = Table("version", "aliases", "run", f"test_bits_{label}", "± s.e.", "test sha256", "promoted by",
+    table = Table("version", "aliases", "run", test_metric(label), "± s.e. (examples)", "test sha256", "promoted by",
                   title=f"model {info['name']}")
     for v in info["versions"]:
-        bits, se = v[f"test_bits_{label}"], v[f"test_bits_se_{label}"]
+        bits, se = v[test_metric(label)], v[test_se_metric(label)]
         table.add_row(v["version"], " ".join("@" + a for a in v["aliases"]) or "-", (v["run_id"] or "-")[:12],
                       "-" if bits is None else f"{bits:.4f}", "-" if se is None else f"{se:.4f}",
                       (v["test_sha256"] or "-")[:12], v["tags"].get("bfn.promoted_by", "-"))

@@ -50,11 +50,11 @@ def run(args) -> int:
     data = home / "data" / "digits"
     source = get_source("digits")
     with progress_bar() as bar:
-        for split in ("train", "test"):
+        for split in ("train", "val", "test"):
             task = bar.add_task(f"shard {split}", total=None, info="")
             write_shards(source, split, str(data), shard_size=50,
                          on_progress=lambda done, total, name, t=task: bar.update(t, completed=done, total=total, info=name))
-    overrides = [f"data.{s}={data / ('test' if s == 'val' else s) / 'manifest.json'}" for s in ("train", "val", "test")]
+    overrides = [f"data.{s}={data / s / 'manifest.json'}" for s in ("train", "val", "test")]
     overrides += [f"scaling.num_workers={args.workers}", "tracking.experiment=quickstart"]
     if args.steps:
         overrides.append(f"training.steps={args.steps}")

@@ -181,11 +181,12 @@ def run_show(args) -> int:
     lik = info["likelihood"]
     if lik:
         unit = lik.get("unit", "dim")
-        t = Table("steps", f"bits/{unit}", "± s.e.", "nats", title=f"likelihood ({lik.get('num_examples')} test examples, "
-                                                                      f"manifest sha {lik.get('manifest_sha256', '')[:12]})")
+        t = Table("steps", f"bits/{unit}", "± s.e. (examples)", "± s.e. (MC)", "nats",
+                  title=f"likelihood ({lik.get('num_examples')} test examples, {lik.get('n_repeats', 1)} repeat(s), "
+                        f"manifest sha {lik.get('manifest_sha256', '')[:12]})")
         for r in lik.get("rows", []):
-            t.add_row(str(r.get("label", r.get("steps"))), _num(r.get("bits_per_dim")), _num(r.get("bits_per_dim_se")),
-                      _num(r.get("nats")))
+            t.add_row(str(r.get("label", r.get("steps"))), _num(r.get("bits_per_dim")),
+                      _num(r.get("bits_se_examples", r.get("bits_per_dim_se"))), _num(r.get("bits_se_mc")), _num(r.get("nats")))
         console.print(t)
     else:
         console.print(f"no likelihood table yet: bfn eval {args.run}")

@@ -1,0 +1,259 @@
+"""One Ray Train worker: `train_loop_per_worker(config)` is the whole training program of a worker.
+
+It builds the BFN, restores the last checkpoint, and trains with DDP: each optimiser step takes the
+global batch (`training.batch_size`) as `accumulation_steps` micro-batches per worker, clips,
+steps AdamW and updates the EMA. The EMA model is kept in eval mode, so validation and the sample
+pictures measure the network without dropout. Metric history reaches MLflow from rank 0 only, in
+step with the checkpoints (see MetricBuffer), so a run that fails and resumes records one history.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bfn_core import LikelihoodAccumulator, evaluate_likelihood, make_bfn, steps_label
+from pipelines.checkpoints import load_checkpoint, save_checkpoint
+from pipelines.config import ExperimentConfig
+
+CHECKPOINT_SCORE = "checkpoint_score"  # the validation bound of a checkpoint's weights; +inf where not validated
+
+
+class MetricBuffer:
+    """Metrics of rank 0, held until the checkpoint that covers their step is persisted.
+
+    After a failure the run resumes from the last checkpoint; metrics of the steps after it were
+    never sent, so the MLflow history has each step once.
+    """
+
+    def __init__(self, run_id: str | None):
+        self.run_id, self.pending = run_id, []
+
+    def add(self, step: int, **values: float) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
+
+    def flush(self) -> None:
+        if self.run_id is None or not self.pending:
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        for i in range(0, len(self.pending), 500):
+            client.log_batch(self.run_id, metrics=self.pending[i: i + 500])
+        self.pending = []
+
+
+def lr_factor(step: int, warmup: int) -> float:
+    return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
+
+
+def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int, device):
+    """Endless micro-batches of this rank's share, from optimiser step `start_step` on. The epoch (and
+    so its shuffle) follows from the step, and a resumed run skips the batches its checkpoint had
+    already seen: the data order is the one an uninterrupted run would have had."""
+    from pipelines.data.reader import make_loader
+
+    epoch, skip = 0, start_step * cfg.accumulation_steps
+    while True:
+        loader, per_epoch = make_loader(cfg.data.train, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
+                                        num_workers=cfg.data.loader_workers, data_kind=cfg.data.kind,
+                                        num_classes=cfg.data.num_classes, seed=cfg.training.seed, epoch=epoch,
+                                        shuffle_buffer=cfg.data.shuffle_buffer, pin_memory=device.type == "cuda")
+        if skip >= per_epoch > 0:
+            epoch, skip = skip // per_epoch, skip % per_epoch  # jump straight to the checkpoint's epoch
+            continue
+        for i, batch in enumerate(loader):
+            if i >= skip:
+                yield batch["x"].to(device, non_blocking=True)
+        skip = 0
+        epoch += 1
+
+
+def ema_copy(bfn: nn.Module) -> nn.Module:
+    """The EMA model: a frozen copy in eval mode (no dropout when it validates or samples)."""
+    return copy.deepcopy(bfn).requires_grad_(False).eval()
+
+
+def make_optimizer(bfn: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW:
+    """AdamW over the network; with weight_decay_on 'weights' only linear and convolution weights decay."""
+    o = cfg.optimizer
+    if o.weight_decay_on == "all":
+        groups = [{"params": list(bfn.parameters()), "weight_decay": o.weight_decay}]
+    else:
+        decayed = {id(m.weight) for m in bfn.modules()
+                   if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.weight is not None}
+        params = list(bfn.parameters())
+        groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": o.weight_decay},
+                  {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
+def _all_reduce(acc: LikelihoodAccumulator, device) -> LikelihoodAccumulator:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return acc
+    vec = torch.tensor(acc.to_vector(), dtype=torch.float64, device=device)
+    dist.all_reduce(vec)
+    return LikelihoodAccumulator.from_vector(acc.steps, acc.n_repeats, vec.tolist(), dims=acc.dims)
+
+
+@torch.no_grad()
+def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, device) -> dict[str, float]:
+    """The bound on this rank's validation batches, reduced over ranks: val_bits_<n> (and val_nats_<n>),
+    and the checkpoint score (the bound at the first of training.val_steps)."""
+    from pipelines.data.reader import make_loader
+
+    t = cfg.training
+    steps = list(t.val_steps)
+    loader, _ = make_loader(cfg.data.val, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
+                            num_workers=0, data_kind=cfg.data.kind, num_classes=cfg.data.num_classes,
+                            seed=t.seed, epoch=0, shuffle=False, shuffle_buffer=0)
+
+    def batches():
+        for i, batch in enumerate(loader):
+            if t.val_batches is not None and i >= t.val_batches:
+                break
+            x = batch["x"][~batch["pad"]]  # padding repeats samples: count each once
+            if len(x):
+                yield x.to(device)
+
+    acc = LikelihoodAccumulator(steps, n_repeats=t.val_repeats)
+    evaluate_likelihood(ema, batches(), steps=steps, n_repeats=t.val_repeats, accumulator=acc)
+    table = _all_reduce(acc, device).table()
+    out = {}
+    for row in table.rows:
+        out[f"val_bits_{steps_label(row.steps)}"] = row.bits_per_dim
+        out[f"val_nats_{steps_label(row.steps)}"] = row.nats
+    out[CHECKPOINT_SCORE] = table.rows[0].bits_per_dim
+    return out
+
+
+def sample_pictures(ema: nn.Module, cfg: ExperimentConfig, data_shape, step: int, folder: Path) -> Path:
+    """A picture of samples of the EMA model, drawn with the run's seed (the same noise every time)."""
+    from pipelines.pictures import save_samples
+
+    device = next(ema.parameters()).device
+    g = torch.Generator(device=device).manual_seed(cfg.training.seed)
+    samples = ema.sample((cfg.training.num_samples, *data_shape), cfg.training.sample_steps, generator=g)
+    return save_samples(samples.cpu().numpy(), cfg.data.kind, folder / f"samples_step{step:07d}", title=f"step {step}")
+
+
+def _log_samples(ema, cfg: ExperimentConfig, data_shape, step: int, run_id: str | None) -> None:
+    if run_id is None:
+        return
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        MlflowClient().log_artifact(run_id, str(sample_pictures(ema, cfg, data_shape, step, Path(tmp))), "samples")
+
+
+def _maybe_fail(cfg: ExperimentConfig, step: int) -> None:
+    """Test-only switch: fail once at a given step (a marker file remembers that it happened)."""
+    t = cfg.training
+    if t.fail_at_step == step and t.fail_once_marker and not os.path.exists(t.fail_once_marker):
+        Path(t.fail_once_marker).write_text(f"failed at step {step}\n")
+        raise RuntimeError(f"injected failure at step {step} (training.fail_at_step)")
+
+
+def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], cfg: ExperimentConfig, step: int,
+                      dims: int):
+    """One AdamW step on the loss in nats per dimension over the micro-batches (gradients accumulated,
+    synchronised once), the network in bf16 autocast on GPU (the loss in float32, see BFN.loss),
+    clipped, then the EMA.
+
+    `model` is what the forward pass goes through (DDP-wrapped or not), `bfn` owns the parameters.
+    Returns (mean loss, grad norm before clipping) as tensors."""
+    t = cfg.training
+    for group in opt.param_groups:
+        group["lr"] = cfg.optimizer.lr * lr_factor(step, cfg.optimizer.warmup_steps)
+    n_steps = cfg.loss.n_steps if cfg.loss.type == "discrete_time" else None
+    total = torch.zeros((), device=micro_batches[0].device)
+    for i, x in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+                loss = model(x, n_steps, n_mc=cfg.loss.n_mc).mean() / dims
+            (loss / len(micro_batches)).backward()
+        total += loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(bfn.parameters(), t.grad_clip or float("inf"))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), bfn.parameters()):
+            e.lerp_(p, 1.0 - t.ema_decay)
+    return total / len(micro_batches), grad_norm
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: build, restore, train with DDP, validate, checkpoint."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = ExperimentConfig.model_validate(config["experiment"])
+    data_shape = tuple(config["data_shape"])
+    if config.get("tracking_uri"):
+        os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.training.seed)  # same initial weights on every rank
+
+    bfn = make_bfn(data_shape=data_shape, **cfg.bfn_kwargs()).to(device)
+    ema = ema_copy(bfn)
+    t = cfg.training
+    opt = make_optimizer(bfn, cfg)
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            step = load_checkpoint(folder, model=bfn, ema=ema, optimizer=opt)
+    torch.manual_seed(cfg.training.seed * 7919 + rank + step)  # different noise per rank and per restart
+    model = ray.train.torch.prepare_model(bfn)
+    metrics = MetricBuffer(config.get("mlflow_run_id") if rank == 0 else None)
+    if checkpoint is not None:
+        metrics.add(step, resumed_from_step=step)  # one point per restart: where training picked up
+    dims = math.prod(data_shape)
+    batches = train_batches(cfg, rank, world, step, device)
+    saved_config = {"experiment": cfg.model_dump(mode="json"), "data_shape": list(data_shape),
+                    "bfn": cfg.bfn_kwargs(), "format": 1}
+    tick, tick_step, rate = time.perf_counter(), step, float("nan")
+    while step < t.steps:
+        micro = [next(batches) for _ in range(cfg.accumulation_steps)]
+        loss, grad_norm = optimisation_step(model, bfn, ema, opt, micro, cfg, step, dims)
+        step += 1
+        _maybe_fail(cfg, step)
+        if step % t.log_every == 0 or step == t.steps:
+            now = time.perf_counter()
+            rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
+            tick, tick_step = now, step
+            metrics.add(step, loss=loss.item(), loss_bits_per_dim=loss.item() / math.log(2), grad_norm=grad_norm.item(),
+                        lr=opt.param_groups[0]["lr"], samples_per_second=rate)
+        report = {"step": step, "loss": loss.item(), "samples_per_second": rate, CHECKPOINT_SCORE: math.inf}
+        validated = bool(cfg.data.val) and (step % t.val_every == 0 or step == t.steps)
+        if validated:
+            val = validate(ema, cfg, rank, world, device)
+            report.update(val)
+            metrics.add(step, **{k: v for k, v in val.items() if k != CHECKPOINT_SCORE})
+            if rank == 0:
+                _log_samples(ema, cfg, data_shape, step, metrics.run_id)
+        # Every validated step is checkpointed too: Ray keeps the best-scoring checkpoint beside the latest.
+        if validated or step % t.checkpoint_every == 0 or step == t.steps:
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank == 0:
+                    save_checkpoint(tmp, model=bfn, ema=ema, optimizer=opt, step=step, config=saved_config)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+            metrics.flush()
