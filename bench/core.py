@@ -39,7 +39,7 @@ class Shape:
 UNET_1M = dict(width=32, channel_mults=(1, 2, 2), blocks_per_level=1, fourier_exponents=())
 SHAPES = [
     Shape("binarised_mnist", "discrete", (28, 28, 1), 32, 2, "unet", dict(UNET_1M, attention_resolutions=(7,)), beta_1=9.0),
-    Shape("cifar10_256", "discretised", (32, 32, 3), 16, 256, "unet", dict(UNET_1M, attention_resolutions=(8,), fourier_exponents=(7, 8)), sigma_1=0.001),
+    Shape("cifar10_256", "discretised", (32, 32, 3), 16, 256, "unet", dict(UNET_1M, attention_resolutions=(8,), fourier_exponents=(6, 7)), sigma_1=0.001),
     Shape("text8", "discrete", (256,), 16, 27, "transformer", dict(width=128, depth=2, heads=4), beta_1=0.5625),
 ]
 

@@ -21,6 +21,7 @@ from bfn_core.likelihood import (
     DEFAULT_STEPS,
     LikelihoodAccumulator,
     LikelihoodTable,
+    accumulate_likelihood,
     evaluate_likelihood,
     parse_steps,
     steps_label,
@@ -32,7 +33,7 @@ __all__ = [
     "BFN", "BayesianFlow", "ContinuousBayesianFlow", "DiscreteBayesianFlow", "Loss", "ContinuousLoss",
     "DiscretisedLoss", "DiscreteLoss", "NoisePredictionFactory", "DiscretisedNormalFactory",
     "CategoricalFactory", "DeltaDistribution", "DiscretisedNormal", "CategoricalOutput", "bin_centres",
-    "bin_index", "bfn_sampler", "evaluate_likelihood", "LikelihoodTable", "LikelihoodAccumulator",
+    "bin_index", "bfn_sampler", "accumulate_likelihood", "evaluate_likelihood", "LikelihoodTable", "LikelihoodAccumulator",
     "DEFAULT_STEPS", "parse_steps", "steps_label",
 ]
 from bfn_core.factory import DATA_KINDS, NETWORKS, make_bfn, make_loss  # noqa: E402

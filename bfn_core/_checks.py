@@ -28,6 +28,18 @@ def check_n_steps(n_steps: int, name: str = "n_steps") -> int:
     return int(n_steps)
 
 
+def check_positive(value: float, name: str) -> float:
+    if not float(value) > 0.0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def check_choice(value: str, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def check_continuous_data(x: torch.Tensor) -> None:
     if not torch.is_floating_point(x):
         raise ValueError(f"x must be a floating-point tensor in [-1, 1] for continuous data, got dtype {x.dtype}")
@@ -39,9 +51,10 @@ def check_continuous_data(x: torch.Tensor) -> None:
 
 
 def check_class_indices(x: torch.Tensor, k: int) -> None:
-    if torch.is_floating_point(x) or x.dtype == torch.bool:
+    if torch.is_floating_point(x) or torch.is_complex(x) or x.dtype == torch.bool:
         raise ValueError(f"x must hold integer class indices in [0, {k}) for discrete data, got dtype {x.dtype}")
-    if x.numel() and (x.min() < 0 or x.max() >= k):
-        raise ValueError(
-            f"class index out of range: x must lie in [0, K) = [0, {k}), got values in [{x.min().item()}, {x.max().item()}]"
-        )
+    if x.numel():
+        # Compared as Python ints: a tensor comparison would wrap K into x's dtype (uint8: 256 -> 0).
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"class index out of range: x must lie in [0, K) = [0, {k}), got values in [{lo}, {hi}]")

@@ -24,8 +24,18 @@ Params = tuple[Tensor, ...]
 
 
 def _expand_t(t: Tensor | float, like: Tensor) -> Tensor:
-    """Broadcast a per-example time (B,) against data of shape (B, ...)."""
-    t = torch.as_tensor(t, dtype=torch.float32 if not torch.is_floating_point(like) else like.dtype, device=like.device)
+    """Broadcast a per-example time (B,) against data of shape (B, ...), in the data's float dtype.
+
+    For class indices (no float dtype of their own) a floating t keeps its dtype, so float64 t
+    gives float64 flows; anything else becomes float32.
+    """
+    if torch.is_floating_point(like):
+        dtype = like.dtype
+    elif isinstance(t, Tensor) and torch.is_floating_point(t):
+        dtype = t.dtype
+    else:
+        dtype = torch.float32
+    t = torch.as_tensor(t, dtype=dtype, device=like.device)
     if t.dim() == 0:
         return t
     return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))
@@ -33,6 +43,12 @@ def _expand_t(t: Tensor | float, like: Tensor) -> Tensor:
 
 def _randn(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _as_float(t) -> Tensor:
+    """A time as a float tensor: float tensors keep their dtype (float64 stays float64)."""
+    t = torch.as_tensor(t)
+    return t if torch.is_floating_point(t) else t.to(torch.get_default_dtype())
 
 
 class BayesianFlow(ABC):
@@ -89,18 +105,37 @@ class ContinuousBayesianFlow(BayesianFlow):
         rho = torch.ones(data_shape[:1] + (1,) * (len(data_shape) - 1), device=device)
         return mu, rho
 
+    # expm1 keeps beta(t) and gamma(t) exact for small t, where sigma_1^(+-2t) is close to 1.
     def beta(self, t):
-        return self.sigma_1 ** (-2.0 * t) - 1.0
+        """beta(t) = sigma_1^(-2t) - 1, the continuous-data accuracy schedule (sec. 4)."""
+        return torch.expm1(-2.0 * math.log(self.sigma_1) * _as_float(t))
 
     def alpha(self, t):
+        """alpha(t) = d beta / dt = -2 ln(sigma_1) sigma_1^(-2t) (sec. 4)."""
         return -2.0 * math.log(self.sigma_1) * self.sigma_1 ** (-2.0 * t)
 
     def alpha_i(self, i, n):
-        return self.sigma_1 ** (-2.0 * i / n) * (1.0 - self.sigma_1 ** (2.0 / n))
+        """alpha_i = sigma_1^(-2i/n) (1 - sigma_1^(2/n)) (eq. 93)."""
+        return self.sigma_1 ** (-2.0 * i / n) * -math.expm1(2.0 * math.log(self.sigma_1) / n)
 
     def gamma(self, t):
         """gamma(t) = beta / (1 + beta) = 1 - sigma_1^(2t) (eq. 80)."""
-        return 1.0 - self.sigma_1 ** (2.0 * t)
+        return -torch.expm1(2.0 * math.log(self.sigma_1) * _as_float(t))
+
+    def one_minus_gamma(self, t):
+        """1 - gamma(t) = sigma_1^(2t) (eq. 80), never formed as 1 - gamma: that loses ~1% in float32 near t = 1."""
+        return self.sigma_1 ** (2.0 * _as_float(t))
+
+    def flow_mean_std(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean gamma x and std sqrt(gamma (1 - gamma)) of mu under p_F(theta | x; t) (sec. 4, gamma from eq. 80)."""
+        t = _expand_t(t, x)
+        gamma = self.gamma(t)
+        return gamma * x, (gamma * self.one_minus_gamma(t)).sqrt().expand_as(x)
+
+    def flow_precision(self, x: Tensor, t: Tensor) -> Tensor:
+        """rho(t) = 1 / (1 - gamma(t)) = sigma_1^(-2t), the input precision under p_F (sec. 4, eq. 80)."""
+        rho = self.sigma_1 ** (-2.0 * _expand_t(t, x))
+        return rho.expand(x.shape[:1] + (1,) * (x.dim() - 1))
 
     def sender_sample(self, x, alpha, generator=None):
         alpha = _expand_t(alpha, x)
@@ -114,10 +149,8 @@ class ContinuousBayesianFlow(BayesianFlow):
 
     @torch.no_grad()
     def flow_sample(self, x, t, generator=None):
-        gamma = self.gamma(_expand_t(t, x))
-        mu = gamma * x + (gamma * (1.0 - gamma)).sqrt() * _randn(x.shape, x, generator)
-        rho = (1.0 / (1.0 - gamma)).expand(x.shape[:1] + (1,) * (x.dim() - 1))
-        return mu, rho
+        mean, std = self.flow_mean_std(x, t)
+        return mean + std * _randn(x.shape, x, generator), self.flow_precision(x, t)
 
     def params_to_net_inputs(self, theta: Params) -> Tensor:
         """Network input: the mean mu with a trailing channel of size 1 (..., 1)."""
@@ -148,11 +181,16 @@ class DiscreteBayesianFlow(BayesianFlow):
         return self.beta_1 * (2.0 * i - 1.0) / n**2
 
     def _class_offsets(self, x: Tensor, dtype) -> Tensor:
-        """K e_x - 1 for class indices x: shape (..., K)."""
-        return self.K * torch.nn.functional.one_hot(x, self.K).to(dtype) - 1.0
+        """K e_x - 1 for class indices x of any integer dtype: shape (..., K)."""
+        return self.K * torch.nn.functional.one_hot(x.long(), self.K).to(dtype) - 1.0
+
+    @staticmethod
+    def _float_dtype(value) -> torch.dtype:
+        """The dtype of a float tensor argument (alpha or t), else float32: class indices carry none."""
+        return value.dtype if isinstance(value, Tensor) and torch.is_floating_point(value) else torch.float32
 
     def sender_sample(self, x, alpha, generator=None):
-        offsets = self._class_offsets(x, torch.float32)
+        offsets = self._class_offsets(x, self._float_dtype(alpha))
         alpha = _expand_t(alpha, offsets)
         return alpha * offsets + (alpha * self.K).sqrt() * _randn(offsets.shape, offsets, generator)
 
@@ -161,14 +199,19 @@ class DiscreteBayesianFlow(BayesianFlow):
         (probs,) = theta
         return (torch.softmax(y + probs.clamp_min(1e-38).log(), dim=-1),)
 
+    def flow_mean_std(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean beta (K e_x - 1) and std sqrt(beta K) of the logits y, theta = softmax(y) ~ p_F (sec. 6)."""
+        offsets = self._class_offsets(x, self._float_dtype(t))
+        beta = self.beta(_expand_t(t, offsets).clamp(max=self.t_max))
+        return beta * offsets, (beta * self.K).sqrt().expand_as(offsets)
+
     @torch.no_grad()
     def flow_sample(self, x, t, generator=None):
-        offsets = self._class_offsets(x, torch.float32)
-        beta = self.beta(_expand_t(t, offsets).clamp(max=self.t_max))
-        y = beta * offsets + (beta * self.K).sqrt() * _randn(offsets.shape, offsets, generator)
+        mean, std = self.flow_mean_std(x, t)
+        y = mean + std * _randn(mean.shape, mean, generator)
         probs = torch.softmax(y, dim=-1)
-        # Where sqrt(beta) underflows the flow is still the uniform prior.
-        probs = torch.where(beta.sqrt() < 1e-10, torch.full_like(probs, 1.0 / self.K), probs)
+        # Where sqrt(beta) = std / sqrt(K) underflows the flow is still the uniform prior.
+        probs = torch.where(std < 1e-10 * math.sqrt(self.K), torch.full_like(probs, 1.0 / self.K), probs)
         return (probs,)
 
     def params_to_net_inputs(self, theta: Params) -> Tensor:

@@ -179,6 +179,38 @@ class LikelihoodAccumulator:
 
 
 @torch.no_grad()
+def accumulate_likelihood(
+    bfn,
+    batches: Iterable[torch.Tensor],
+    accumulator: LikelihoodAccumulator,
+    n_mc: int = 10,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> LikelihoodAccumulator:
+    """Add the bound L^n + L^r of every example of `batches` to the accumulator, for each of its step
+    counts and repeats (an empty iterable adds nothing: a data-parallel share may hold only padding).
+
+    Each repeat draws (t, theta, y) afresh for every example; L^r is drawn once per repeat and shared
+    by the step counts. Runs the model in eval mode (no dropout) and restores its mode after.
+    """
+    acc = accumulator
+    was_training = bfn.training
+    bfn.eval()
+    try:
+        for x in batches:
+            recon = torch.stack([bfn.reconstruction_loss(x, generator) for _ in range(acc.n_repeats)])
+            for s in acc.steps:
+                bound = torch.stack([bfn.loss(x, s, generator, n_mc) for _ in range(acc.n_repeats)])
+                acc.add(s, bound + recon)
+            acc.count += x.shape[0]
+            acc.dims = x[0].numel()
+            if progress is not None:
+                progress(x.shape[0])
+    finally:
+        bfn.train(was_training)
+    return acc
+
+
 def evaluate_likelihood(
     bfn,
     batches: Iterable[torch.Tensor],
@@ -188,29 +220,8 @@ def evaluate_likelihood(
     generator: torch.Generator | None = None,
     unit: str = "dim",
     progress: Callable[[int], None] | None = None,
-    accumulator: LikelihoodAccumulator | None = None,
 ) -> LikelihoodTable:
-    """Mean bound L^n + L^r per example (nats and bits per dim/char) for each n in `steps`.
-
-    Each repeat draws (t, theta, y) afresh for every example; L^r is drawn once per repeat and shared
-    by the step counts. Runs the model in eval mode (no dropout) and restores its mode after.
-    """
-    n_repeats = check_n_steps(n_repeats, "n_repeats")
-    acc = accumulator or LikelihoodAccumulator(list(steps), n_repeats=n_repeats)
-    if acc.n_repeats != n_repeats:
-        raise ValueError(f"the accumulator sums {acc.n_repeats} repeats, not {n_repeats}")
-    was_training = bfn.training
-    bfn.eval()
-    try:
-        for x in batches:
-            recon = torch.stack([bfn.reconstruction_loss(x, generator) for _ in range(n_repeats)])
-            for s in steps:
-                bound = torch.stack([bfn.loss(x, s, generator, n_mc) for _ in range(n_repeats)])
-                acc.add(s, bound + recon)
-            acc.count += x.shape[0]
-            acc.dims = x[0].numel()
-            if progress is not None:
-                progress(x.shape[0])
-    finally:
-        bfn.train(was_training)
-    return acc.table(unit)
+    """Mean bound L^n + L^r per example (nats and bits per dim/char) for each n in `steps`, averaged over
+    n_repeats Monte Carlo draws (see accumulate_likelihood)."""
+    acc = LikelihoodAccumulator(list(steps), n_repeats=check_n_steps(n_repeats, "n_repeats"))
+    return accumulate_likelihood(bfn, batches, acc, n_mc=n_mc, generator=generator, progress=progress).table(unit)

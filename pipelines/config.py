@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bfn_core.factory import NETWORKS
 from pipelines.errors import PipelineError
 
 
@@ -22,6 +25,9 @@ class DataConfig(_Strict):
     kind: Literal["continuous", "discretised", "discrete"]
     num_classes: int | None = Field(None, ge=2, description="K bins (discretised), K classes (discrete), or for "
                                     "continuous data the K levels it is quantised to (L^r over those K bins)")
+    shape: tuple[int, ...] | None = Field(None, description=(
+        "the shape of one example as the model reads it, e.g. [32, 32, 3]; checked against the data "
+        "when both are known, and what `bfn check --no-data` builds the network for"))
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
     shuffle_buffer: int = Field(1000, ge=1)
 
@@ -243,7 +249,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     problems = []
     for e in err.errors():
         parts = [str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union"))]
-        if len(parts) > 1 and parts[0] == "model" and parts[1] in ("mlp", "unet", "transformer"):
+        if len(parts) > 1 and parts[0] == "model" and parts[1] in NETWORKS:
             parts.pop(1)  # pydantic names the union member; users know the field by its path
         loc = ".".join(parts)
         msg = e["msg"].removeprefix("Value error, ")
@@ -279,3 +285,36 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not isinstance(raw, dict):
         raise PipelineError(f"config file {path} must hold a mapping of sections (data, model, training, ...)")
     return parse_config(apply_overrides(raw, overrides or []), str(path))
+
+
+_ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def expand_env(url: str) -> str:
+    """${VAR} and ${VAR:-default} in a config URL (e.g. ${BFN_DATA_URL:-.bfn/data}/cifar10/train/manifest.json),
+    from the environment, as a shell would expand them."""
+    def value(match: re.Match) -> str:
+        name, default = match["name"], match["default"]
+        got = os.environ.get(name)
+        if got:
+            return got
+        if default is not None:
+            return default
+        raise PipelineError(f"{url}: environment variable {name} is not set (export it, e.g. `source .bfn/stack.env`, "
+                            "or write the URL out)")
+
+    return _ENV_REF.sub(value, url)
+
+
+def absolute_urls(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Variables expanded and local paths made absolute: Ray workers do not run in the driver's directory."""
+    def fix(url):
+        if not url:
+            return url
+        url = expand_env(url)
+        return url if "://" in url else str(Path(url).resolve())
+
+    data = cfg.data.model_copy(update={k: fix(getattr(cfg.data, k)) for k in ("train", "val", "test")})
+    storage = cfg.storage.model_copy(update={"path": fix(cfg.storage.path)})
+    training = cfg.training.model_copy(update={"fail_once_marker": fix(cfg.training.fail_once_marker)})
+    return cfg.model_copy(update={"data": data, "storage": storage, "training": training})

@@ -1,25 +1,30 @@
 """Likelihood evaluation of trained models on test shards, logged to their MLflow run.
 
-Large test sets are split over Ray tasks (one share of the shards each); their running sums are
-merged, so the table is the same as a single pass would give, up to Monte Carlo noise.
+One process evaluates on its device (a GPU when there is one), in batches. With ``workers`` the test
+shards are split over that many Ray tasks (a GPU each when evaluating on GPUs): each reads its own
+share (padding rows dropped, so every example counts exactly once), and their running sums are
+merged into one table, the same as a single pass would give up to Monte Carlo noise. Progress comes
+back from the tasks as they go, so a paper-scale evaluation submitted as a Ray job shows it too.
 """
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from bfn_core import LikelihoodAccumulator, LikelihoodTable, evaluate_likelihood, steps_label
+from bfn_core import LikelihoodAccumulator, LikelihoodTable, accumulate_likelihood, steps_label
 from pipelines.errors import PipelineError
 from pipelines.names import test_metric, test_se_metric
 
-PARALLEL_THRESHOLD = 20000  # examples above which evaluation fans out over Ray by default
 RUN_TAG_TEST_SHA = "bfn.eval.test_sha256"
 RUN_TAG_TEST_MANIFEST = "bfn.eval.test_manifest"
+DEVICES = ("auto", "cpu", "cuda")
+ProgressFn = Callable[[int], None]  # told of k more test examples evaluated
 
 
 @dataclass
@@ -30,32 +35,40 @@ class EvalOutcome:
     artifacts: list[str] = field(default_factory=list)
 
 
+def resolve_device(device: str) -> torch.device:
+    """'auto' is the GPU when this process sees one, else the CPU; 'cuda' without a GPU is an error."""
+    if device not in DEVICES:
+        raise PipelineError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("--device cuda, but this machine has no usable GPU: use --device cpu or auto")
+    return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def _share(bfn, config: dict, manifest: str, steps, repeats: int, batch_size: int, rank: int, world: int, seed: int,
-           on_progress: Callable[[int], None] | None = None) -> LikelihoodAccumulator:
-    """Accumulate the bound over one share of the test shards (padding rows dropped)."""
+           device: torch.device, on_progress: ProgressFn | None = None) -> LikelihoodAccumulator:
+    """Accumulate the bound over one share of the test shards (padding rows dropped) on `device`."""
     from pipelines.data.reader import make_loader
 
     data = config["data"]
     loader, _ = make_loader(manifest, batch_size=batch_size, rank=rank, world_size=world, num_workers=0,
                             data_kind=data["kind"], num_classes=data.get("num_classes"), seed=seed, epoch=0,
-                            shuffle=False, shuffle_buffer=0)
+                            shuffle=False, shuffle_buffer=0, pin_memory=device.type == "cuda")
 
     def batches():
         for batch in loader:
-            x = batch["x"]
-            if "pad" in batch:
-                x = x[~batch["pad"]]
+            x = batch["x"][~batch["pad"]]
             if len(x):
-                yield x
+                yield x.to(device, non_blocking=True)
 
-    acc = LikelihoodAccumulator(list(steps))
-    generator = torch.Generator().manual_seed(seed * 1009 + rank)
-    evaluate_likelihood(bfn, batches(), steps=steps, n_repeats=repeats, generator=generator, accumulator=acc,
-                        progress=on_progress)
-    return acc
+    bfn = bfn.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed * 1009 + rank)
+    return accumulate_likelihood(bfn, batches(), LikelihoodAccumulator(list(steps), n_repeats=repeats),
+                                 generator=generator, progress=on_progress)
 
 
-def _remote_share(model_ref: str, tracking_uri: str | None, manifest: str, steps, repeats, batch_size, rank, world, seed):
+def _remote_share(model_ref: str, tracking_uri: str | None, manifest: str, steps, repeats, batch_size, rank, world,
+                  seed, use_gpu: bool, progress_queue):
+    """One Ray task's share: load the model here, evaluate, report progress through the queue."""
     import os
 
     if tracking_uri:
@@ -63,22 +76,67 @@ def _remote_share(model_ref: str, tracking_uri: str | None, manifest: str, steps
     from pipelines.model_store import load_model
     from pipelines.tracking import setup_mlflow
 
-    torch.set_num_threads(1)
+    if not use_gpu:
+        torch.set_num_threads(1)  # one CPU per task: threads beyond it only contend
     if not Path(model_ref).is_dir():
         setup_mlflow()
     loaded = load_model(model_ref)
-    return _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, rank, world, seed)
+    device = torch.device("cuda" if use_gpu else "cpu")
+    return _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, rank, world, seed, device,
+                  on_progress=progress_queue.put_nowait)
+
+
+def _evaluate_on_ray(ref: str, uri: str | None, manifest: str, steps, repeats: int, batch_size: int, workers: int,
+                     seed: int, device: str, on_progress: ProgressFn | None) -> LikelihoodAccumulator:
+    import ray
+    from ray.util.queue import Queue
+
+    from pipelines.ray_runtime import init_ray
+
+    init_ray(env={"MLFLOW_TRACKING_URI": uri} if uri else None)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if device == "cuda" and gpus < 1:
+        raise PipelineError("--device cuda, but the Ray cluster has no GPUs: use --device cpu or auto")
+    use_gpu = device == "cuda" or (device == "auto" and gpus >= 1)
+    queue = Queue()
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(_remote_share)
+    pending = [task.remote(ref, uri, manifest, steps, repeats, batch_size, r, workers, seed, use_gpu, queue)
+               for r in range(workers)]
+    acc = LikelihoodAccumulator(list(steps), n_repeats=repeats)
+
+    def drain():
+        while not queue.empty():
+            done = queue.get_nowait()
+            if on_progress:
+                on_progress(done)
+
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            drain()
+            for part in ray.get(ready):
+                acc.merge(part)
+        time.sleep(0.1)
+        drain()
+    finally:
+        ray.kill(queue.actor)
+    return acc
 
 
 def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_size: int = 64, manifest: str | None = None,
-             workers: int = 0, seed: int = 0, log: bool = True,
-             on_progress: Callable[[int], None] | None = None) -> EvalOutcome:
-    """The bound L^n + L^r for each n in steps on the test set; logged to the model's run when known."""
+             workers: int = 0, device: str = "auto", seed: int = 0, log: bool = True,
+             on_start: Callable[[int], None] | None = None, on_progress: ProgressFn | None = None) -> EvalOutcome:
+    """The bound L^n + L^r for each n in steps on the test set; logged to the model's run when known.
+
+    `workers` > 0 splits the test set over that many Ray tasks; `on_start(total)` is told how many test
+    examples there are before any is evaluated, `on_progress(k)` of k more evaluated."""
     from pipelines.data.manifest import load_manifest
-    from pipelines.train import manifest_digest
     from pipelines.model_store import load_model
     from pipelines.tracking import setup_mlflow
+    from pipelines.train import manifest_digest
 
+    if workers < 0:
+        raise PipelineError(f"--workers must be >= 0, not {workers}")
     local_ckpt = Path(ref).is_dir()
     uri = None if local_ckpt else setup_mlflow()
     loaded = load_model(ref)
@@ -86,26 +144,18 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
     if not manifest:
         raise PipelineError(f"no test data for {ref}: its config has no data.test; pass --data MANIFEST_URL")
     info = load_manifest(manifest)
-    unit = "char" if info.dataset.startswith("text8") else "dim"
-    n_examples = info.num_samples
-    world = workers or (min(4, max(1, n_examples // PARALLEL_THRESHOLD)) if n_examples > PARALLEL_THRESHOLD else 1)
+    unit = "char" if info.field.content == "text" else "dim"
+    if on_start:
+        on_start(info.num_samples)
     steps = list(steps)
-    if world == 1:
-        acc = _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, 0, 1, seed, on_progress)
+    if workers == 0:
+        acc = _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, 0, 1, seed, resolve_device(device),
+                     on_progress)
     else:
-        import ray
-
-        from pipelines.ray_runtime import init_ray
-
-        init_ray(env={"MLFLOW_TRACKING_URI": uri} if uri else None)
-        task = ray.remote(num_cpus=1)(_remote_share)
-        refs = [task.remote(str(Path(ref).resolve()) if local_ckpt else ref, uri, manifest, steps, repeats,
-                            batch_size, r, world, seed) for r in range(world)]
-        acc = LikelihoodAccumulator(steps)
-        for part in ray.get(refs):
-            acc.merge(part)
-            if on_progress:
-                on_progress(part.count)
+        if device not in DEVICES:
+            raise PipelineError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+        model_ref = str(Path(ref).resolve()) if local_ckpt else ref
+        acc = _evaluate_on_ray(model_ref, uri, manifest, steps, repeats, batch_size, workers, seed, device, on_progress)
     table = acc.table(unit)
     outcome = EvalOutcome(table, loaded.run_id, manifest)
     if log and loaded.run_id:

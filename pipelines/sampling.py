@@ -11,8 +11,10 @@ from pipelines.errors import PipelineError
 
 
 def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, batch_size: int = 256,
-                    on_progress: Callable[[int], None] | None = None) -> list[Path]:
-    """Draw n samples with `steps` sampling steps; on_progress(k) is told of k more sample-steps done."""
+                    device: str = "auto", on_progress: Callable[[int], None] | None = None) -> list[Path]:
+    """Draw n samples with `steps` sampling steps on `device` (auto: a GPU when there is one), in batches;
+    on_progress(k) is told of k more sample-steps done."""
+    from pipelines.evaluate import resolve_device
     from pipelines.model_store import load_model
     from pipelines.pictures import save_samples
     from pipelines.tracking import setup_mlflow
@@ -22,12 +24,14 @@ def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, ba
     if not Path(ref).is_dir():
         setup_mlflow()
     loaded = load_model(ref)
-    g = torch.Generator().manual_seed(seed)
+    dev = resolve_device(device)
+    bfn = loaded.bfn.to(dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
     chunks, done = [], 0
     while done < n:
         b = min(batch_size, n - done)
         callback = (lambda i, total, b=b: on_progress(b)) if on_progress else None
-        chunks.append(loaded.bfn.sample((b, *loaded.data_shape), steps, generator=g, callback=callback).numpy())
+        chunks.append(bfn.sample((b, *loaded.data_shape), steps, generator=g, callback=callback).cpu().numpy())
         done += b
     samples = np.concatenate(chunks)
     stem = Path(out)

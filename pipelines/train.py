@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.checkpoints import load_weights, read_config
-from pipelines.config import ExperimentConfig
+from pipelines.config import ExperimentConfig, absolute_urls
 from pipelines.errors import PipelineError
+from pipelines.check import check_data
 from pipelines.worker import CHECKPOINT_SCORE, train_loop_per_worker
 
 RUN_TAG_RAY_NAME = "bfn.ray_run_name"
@@ -50,61 +51,6 @@ def storage_location(path: str | None):
     if path.startswith("file://"):
         path = path[len("file://"):]
     return str(Path(path).resolve()), None
-
-
-def data_shape_of(manifest, kind: str, num_classes: int | None) -> tuple[int, ...]:
-    """Check that a manifest's data can be read as (kind, K) and return the shape of one example as read."""
-    from pipelines.data.transforms import make_transform
-
-    try:
-        transform = make_transform(manifest.field, kind, num_classes, default=manifest.default_read)
-    except ValueError as err:
-        raise PipelineError(f"data {manifest.url} cannot be read as {kind} data with K={num_classes}: {err}") from None
-    return transform.out_shape(manifest.field.shape)
-
-
-def expand_env(url: str) -> str:
-    """${VAR} in a config URL (e.g. ${BFN_DATA_URL}/cifar10/train/manifest.json) from the environment."""
-    out = os.path.expandvars(url)
-    if "$" in out:
-        raise PipelineError(f"{url}: environment variable {out[out.index('$'):].split('/')[0]} is not set "
-                            "(export it, e.g. `source .bfn/stack.env`, or write the URL out)")
-    return out
-
-
-def absolute_urls(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Local paths made absolute: Ray workers do not run in the driver's working directory."""
-    def fix(url):
-        if not url:
-            return url
-        url = expand_env(url)
-        return url if "://" in url else str(Path(url).resolve())
-
-    data = cfg.data.model_copy(update={k: fix(getattr(cfg.data, k)) for k in ("train", "val", "test")})
-    storage = cfg.storage.model_copy(update={"path": fix(cfg.storage.path)})
-    training = cfg.training.model_copy(update={"fail_once_marker": fix(cfg.training.fail_once_marker)})
-    return cfg.model_copy(update={"data": data, "storage": storage, "training": training})
-
-
-def check_data(cfg: ExperimentConfig) -> tuple[int, ...]:
-    """Every manifest of the config exists (a missing one fails here, before Ray starts) and reads as the
-    config's data kind with the training data's shape, and a validation split held out of a training
-    split is disjoint from what training reads; returns the data shape."""
-    from pipelines.data.manifest import load_manifest
-    from pipelines.data.source import check_holdouts
-
-    train = load_manifest(cfg.data.train)
-    shape = data_shape_of(train, cfg.data.kind, cfg.data.num_classes)
-    for split in ("val", "test"):
-        url = getattr(cfg.data, split)
-        if not url:
-            continue
-        other = load_manifest(url)
-        if data_shape_of(other, cfg.data.kind, cfg.data.num_classes) != shape:
-            raise PipelineError(f"data.{split} {url} holds examples of another shape than data.train {cfg.data.train}")
-        if split == "val":
-            check_holdouts(train.source, other.source, train.url, other.url)
-    return shape
 
 
 def manifest_digest(manifest_url: str) -> str:

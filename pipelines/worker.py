@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bfn_core import LikelihoodAccumulator, evaluate_likelihood, make_bfn, steps_label
+from bfn_core import LikelihoodAccumulator, accumulate_likelihood, make_bfn, steps_label
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from pipelines.config import ExperimentConfig
 
@@ -111,7 +111,7 @@ def _all_reduce(acc: LikelihoodAccumulator, device) -> LikelihoodAccumulator:
 
 
 @torch.no_grad()
-def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, device) -> dict[str, float]:
+def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, device, dims: int) -> dict[str, float]:
     """The bound on this rank's validation batches, reduced over ranks: val_bits_<n> (and val_nats_<n>),
     and the checkpoint score (the bound at the first of training.val_steps)."""
     from pipelines.data.reader import make_loader
@@ -130,8 +130,8 @@ def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, devic
             if len(x):
                 yield x.to(device)
 
-    acc = LikelihoodAccumulator(steps, n_repeats=t.val_repeats)
-    evaluate_likelihood(ema, batches(), steps=steps, n_repeats=t.val_repeats, accumulator=acc)
+    # dims given, not learnt from the batches: a rank whose share is all padding sees none
+    acc = accumulate_likelihood(ema, batches(), LikelihoodAccumulator(steps, n_repeats=t.val_repeats, dims=dims))
     table = _all_reduce(acc, device).table()
     out = {}
     for row in table.rows:
@@ -245,7 +245,7 @@ def train_loop_per_worker(config: dict) -> None:
         report = {"step": step, "loss": loss.item(), "samples_per_second": rate, CHECKPOINT_SCORE: math.inf}
         validated = bool(cfg.data.val) and (step % t.val_every == 0 or step == t.steps)
         if validated:
-            val = validate(ema, cfg, rank, world, device)
+            val = validate(ema, cfg, rank, world, device, dims)
             report.update(val)
             metrics.add(step, **{k: v for k, v in val.items() if k != CHECKPOINT_SCORE})
             if rank == 0:

@@ -2,5 +2,6 @@
 from bfn_core.networks.mlp import MLP
 from bfn_core.networks.transformer import Transformer
 from bfn_core.networks.unet import UNet
+from bfn_core.networks.vdm_unet import VDMUNet
 
-__all__ = ["MLP", "Transformer", "UNet"]
+__all__ = ["MLP", "Transformer", "UNet", "VDMUNet"]

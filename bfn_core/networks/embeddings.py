@@ -1,4 +1,4 @@
-"""Time and input feature embeddings shared by the networks."""
+"""Time, position and input feature embeddings shared by the networks."""
 from __future__ import annotations
 
 import math
@@ -7,37 +7,53 @@ import torch
 from torch import Tensor, nn
 
 
-def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
-    """Transformer-style sinusoidal features of scale * t (U-Nets see t as 1000 t, as in the reference)."""
+def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, endpoint: bool = False) -> Tensor:
+    """Transformer-style sinusoidal features (sin, cos) of scale * t.
+
+    U-Nets see t as 1000 t (VDM) or 4000 t (the reference's improved-diffusion U-Net for MNIST).
+    Periods run geometrically from 1 towards 10^4; with endpoint=True the last period is exactly 10^4,
+    as in VDM's embedding (improved-diffusion's stops one step short of it).
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    steps = max(half - 1, 1) if endpoint else half
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / steps)
     args = (scale * t.float()).unsqueeze(-1) * freqs
     emb = torch.cat([args.sin(), args.cos()], -1)
     return nn.functional.pad(emb, (0, dim % 2))
 
 
 class TimeEmbedding(nn.Module):
-    """Sinusoidal features of t followed by a two-layer MLP."""
+    """Sinusoidal features of t followed by a two-layer MLP (width dim -> 4 dim)."""
 
-    def __init__(self, dim: int, scale: float = 1000.0):
+    def __init__(self, dim: int, scale: float = 1000.0, endpoint: bool = False):
         super().__init__()
-        self.dim, self.scale = dim, scale
+        self.dim, self.scale, self.endpoint = dim, scale, endpoint
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Linear(4 * dim, 4 * dim))
         self.out_dim = 4 * dim
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.dim, self.scale))
+        return self.mlp(sinusoidal_embedding(t, self.dim, self.scale, self.endpoint))
+
+
+def sinusoidal_positions(seq_len: int, dim: int, base: float = 1000.0) -> Tensor:
+    """Fixed positional encoding (seq_len, dim): channel j is sin (j even) or cos (j odd) of pos / base^(j / dim).
+
+    The reference's text8 model uses base 1000 and the odd exponent (j / dim) for the cosine channels;
+    Vaswani et al. use base 10000 and share one exponent per sin/cos pair.
+    """
+    pos = torch.arange(seq_len, dtype=torch.float32).unsqueeze(1)
+    j = torch.arange(dim, dtype=torch.float32)
+    angle = pos / base ** (j / dim)
+    return torch.where(j.long() % 2 == 0, angle.sin(), angle.cos())
 
 
 def fourier_features(x: Tensor, exponents: tuple[int, ...], dim: int = 1) -> Tensor:
-    """sin and cos of 2^e pi x for each exponent e, concatenated with x along `dim` (VDM-style input features).
+    """x followed by sin(2 pi 2^e x) for every exponent e, then the matching cosines, along `dim` (VDM's input features).
 
-    High frequencies let the network resolve the fine, bin-level structure of the input mean.
+    The reference's CIFAR-10 U-Net applies them to the input mean mu itself with e = 5, 6: periods of
+    4 and 2 bins of a 256-bin image, so the network can resolve the fine, bin-level structure of mu.
     """
     if not exponents:
         return x
-    feats = [x]
-    for e in exponents:
-        arg = (2.0**e) * math.pi * x
-        feats += [arg.sin(), arg.cos()]
-    return torch.cat(feats, dim)
+    args = torch.cat([(2.0 * math.pi * 2.0**e) * x for e in exponents], dim)
+    return torch.cat([x, args.sin(), args.cos()], dim)

@@ -32,20 +32,28 @@ class PointsOracle(nn.Module):
     """Continuous data drawn from a few points c_j with weights w_j: outputs the noise that makes
     x_hat the posterior mean E[x | mu, t], with mu ~ N(gamma c, gamma (1 - gamma))."""
 
-    def __init__(self, points: torch.Tensor, weights: torch.Tensor, gamma_fn):
+    def __init__(self, points: torch.Tensor, weights: torch.Tensor, flow):
+        """flow: a ContinuousBayesianFlow (or, less precisely near t = 1 in float32, a gamma function)."""
         super().__init__()
         self.register_buffer("points", points)
         self.register_buffer("log_w", weights.log())
-        self.gamma_fn = gamma_fn
+        self.flow = flow
         self.dummy = nn.Parameter(torch.zeros(()))
+
+    def _gammas(self, t):
+        """gamma and 1 - gamma; the latter from sigma_1^(2t) where the flow offers it (no float32 cancellation)."""
+        if hasattr(self.flow, "one_minus_gamma"):
+            return self.flow.gamma(t), self.flow.one_minus_gamma(t)
+        g = self.flow(t)
+        return g, 1 - g
 
     def forward(self, net_in, t):
         mu = net_in[..., 0]  # (B, D)
-        g = self.gamma_fn(t.clamp_min(1e-6)).reshape(-1, *([1] * (mu.dim() - 1)))
-        var = g * (1 - g)
+        g, s = (v.reshape(-1, *([1] * (mu.dim() - 1))) for v in self._gammas(t.clamp_min(1e-6)))
+        var = g * s
         logits = self.log_w - (mu.unsqueeze(-1) - g.unsqueeze(-1) * self.points) ** 2 / (2 * var.unsqueeze(-1))
         x_hat = (torch.softmax(logits, -1) * self.points).sum(-1)
-        eps = (mu / g - x_hat) / ((1 - g) / g).sqrt()
+        eps = (mu / g - x_hat) / (s / g).sqrt()
         return eps.unsqueeze(-1)
 
 

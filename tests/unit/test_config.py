@@ -14,9 +14,9 @@ CONFIGS = [p for p in CONFIGS if "sweeps" not in p.parts]
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_validate_and_build(path):
     cfg = load_config(path)
-    shape = {"unet": (8, 8, 1), "transformer": (16,), "mlp": (2,)}[cfg.model.network]
+    shape = {"unet": (8, 8, 1), "transformer": (16,), "mlp": (2,)}.get(cfg.model.network)
     if "paper" in path.parts:
-        shape = {"unet": (32, 32, 3) if "cifar" in path.stem else (28, 28, 1), "transformer": (256,)}[cfg.model.network]
+        shape = {"vdm_unet": (32, 32, 3), "unet": (28, 28, 1), "transformer": (256,)}[cfg.model.network]
     if "paper" not in path.parts:  # the paper's networks are large; building the small ones is enough here
         make_bfn(data_shape=shape, **cfg.bfn_kwargs())
     assert cfg.flat()["data.kind"] == cfg.data.kind

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from bfn_core import BFN, DiscreteBayesianFlow, DiscreteLoss, LikelihoodAccumulator, LikelihoodTable, evaluate_likelihood, parse_steps
+from bfn_core import (BFN, DiscreteBayesianFlow, DiscreteLoss, LikelihoodAccumulator, LikelihoodTable, accumulate_likelihood,
+                      evaluate_likelihood, parse_steps)
 from oracles import CategoricalOracle, entropy
 
 
@@ -38,10 +39,9 @@ def test_merged_accumulators_equal_one_pass():
     x = torch.randint(0, 2, (300, 4))
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     whole = evaluate_likelihood(bfn, [x[:100], x[100:]], steps=[10], generator=g())
-    a = LikelihoodAccumulator([10])
-    evaluate_likelihood(bfn, [x[:100]], steps=[10], generator=(gen := g()), accumulator=a)
-    b = LikelihoodAccumulator([10])
-    evaluate_likelihood(bfn, [x[100:]], steps=[10], generator=gen, accumulator=b)
+    a = accumulate_likelihood(bfn, [x[:100]], LikelihoodAccumulator([10]), generator=(gen := g()))
+    b = accumulate_likelihood(bfn, [x[100:]], LikelihoodAccumulator([10]), generator=gen)
+    assert accumulate_likelihood(bfn, [], LikelihoodAccumulator([10])).count == 0  # a share of only padding
     a.merge(b)
     merged = a.table()
     assert merged.num_examples == 300

@@ -66,7 +66,7 @@ def test_continuous_oracle_ln_decreases_towards_linf():
     torch.manual_seed(0)
     flow = ContinuousBayesianFlow(0.02)
     points, weights = torch.tensor([-0.6, 0.1, 0.7]), torch.tensor([0.5, 0.3, 0.2])
-    bfn = BFN(PointsOracle(points, weights, flow.gamma), ContinuousLoss(flow))
+    bfn = BFN(PointsOracle(points, weights, flow), ContinuousLoss(flow))
     x = points[torch.multinomial(weights, 40000 * 2, replacement=True)].reshape(-1, 2)
     with torch.no_grad():
         ln = {n: mc_mean_se(bfn.loss(x, n)) for n in (10, 100, 1000, None)}
@@ -84,7 +84,7 @@ def test_discretised_oracle_bound_approaches_entropy():
     flow = ContinuousBayesianFlow(0.001)
     centres = bin_centres(k)
     points, weights = centres[torch.tensor([2, 9, 13])], torch.tensor([0.5, 0.3, 0.2])
-    oracle = PointsOracle(points, weights, flow.gamma)
+    oracle = PointsOracle(points, weights, flow)
 
     class TwoChannel(torch.nn.Module):  # mu_eps from the oracle, small ln sigma_eps
         def __init__(self):
@@ -110,7 +110,7 @@ def test_perfect_predictor_gives_zero_continuous_loss():
     flow = ContinuousBayesianFlow(0.01)
     loss = ContinuousLoss(flow)
     c = 0.37
-    oracle = PointsOracle(torch.tensor([c]), torch.ones(1), flow.gamma)
+    oracle = PointsOracle(torch.tensor([c]), torch.ones(1), flow)
     x = torch.full((64, 3), c)
     for n in (1, 10, 1000):
         for i in sorted({1, 2, n // 2 + 1, n}):

@@ -9,6 +9,11 @@ EPILOG = """examples:
   bfn eval 3f2c9a...                             # a run id: its model and its config's test shards
   bfn eval models:/digits@champion --steps 10,100,inf --repeats 4
   bfn eval runs:/3f2c9a.../model --data s3://bucket/digits/test/manifest.json --workers 4
+  bfn submit -- bfn eval models:/cifar10@champion --workers 8 --device cuda --repeats 100 --steps 10,25,50,100,1000,inf
+                                                 # paper scale: the CIFAR-10 test set on 8 GPUs of the cluster
+
+The bound is averaged over --repeats Monte Carlo draws per example; the table reports two standard
+errors: across test examples, and Monte Carlo across repeats (with --repeats 2 or more).
 """
 
 
@@ -18,9 +23,12 @@ def register(sub) -> None:
     p.add_argument("model", metavar="RUN_OR_MODEL_URI", help="run id, runs:/RUN/model, models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--steps", default="10,25,50,100,1000,inf", help="step counts, 'inf' for continuous time (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1, help="Monte Carlo repeats per example (default 1)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="test examples per forward pass (default 64)")
     p.add_argument("--data", help="test manifest URL (default: the run config's data.test)")
-    p.add_argument("--workers", type=int, default=0, help="Ray tasks to evaluate in parallel (default: by data size)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: a GPU when there is one (default)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Ray tasks that each evaluate a share of the test set (a GPU each on GPUs); 0: this process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=run)
@@ -37,7 +45,9 @@ def run(args) -> int:
     with progress_bar() as bar:
         task = bar.add_task("evaluate", total=None, info=f"steps {args.steps}, {args.repeats} repeat(s)")
         outcome = evaluate(args.model, steps=steps, repeats=args.repeats, batch_size=args.batch_size, manifest=args.data,
-                           workers=args.workers, seed=args.seed, on_progress=lambda k: bar.update(task, advance=k))
+                           workers=args.workers, device=args.device, seed=args.seed,
+                           on_start=lambda total: bar.update(task, total=total),
+                           on_progress=lambda k: bar.update(task, advance=k))
     if args.json:
         print(json.dumps(outcome.table.to_dict()))
     else:

@@ -19,7 +19,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100, help="sampling steps (default 100)")
     p.add_argument("--out", default="samples", help="output path without extension (default: ./samples)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="samples drawn together (default 256)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: a GPU when there is one (default)")
     p.set_defaults(func=run)
 
 
@@ -30,6 +32,6 @@ def run(args) -> int:
     with progress_bar() as bar:
         task = bar.add_task("sample", total=args.n * args.steps, info=f"{args.n} samples x {args.steps} steps")
         files = sample_to_files(args.model, n=args.n, steps=args.steps, out=args.out, seed=args.seed,
-                                batch_size=args.batch_size, on_progress=lambda k: bar.update(task, advance=k))
+                                batch_size=args.batch_size, device=args.device, on_progress=lambda k: bar.update(task, advance=k))
     console.print("wrote " + ", ".join(str(f) for f in files))
     return 0

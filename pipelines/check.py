@@ -1,0 +1,153 @@
+"""`check(cfg)`: what a config will run, measured without running it and without Ray.
+
+The full-size network is built on PyTorch's meta device (shapes only, no memory, no arithmetic), so
+a 170M-parameter transformer is counted in a second on a laptop. Activation memory per example is
+what autograd saves for the backward pass of one forward of the network, measured on the meta device
+at batch 1 and 2: the difference is the per-example part, free of anything the batch does not scale
+(parameters saved by reference, the time embedding's constants).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from bfn_core import make_bfn
+from bfn_core.factory import net_in_channels
+from pipelines.config import ExperimentConfig, expand_env
+from pipelines.errors import PipelineError
+
+
+@dataclass
+class DataCheck:
+    split: str
+    url: str
+    ok: bool
+    examples: int | None = None
+    problem: str | None = None
+
+
+@dataclass
+class CheckReport:
+    parameters: int
+    activation_bytes_per_example: int
+    data_shape: tuple[int, ...]
+    global_batch: int
+    workers: int
+    micro_batch: int
+    accumulation_steps: int
+    use_gpu: bool
+    data: list[DataCheck] = field(default_factory=list)
+
+    @property
+    def data_ok(self) -> bool:
+        return all(d.ok for d in self.data)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["data_shape"] = list(self.data_shape)
+        out["activation_mib_per_example"] = self.activation_bytes_per_example / 2**20
+        out["activation_gib_per_worker_pass"] = self.activation_bytes_per_example * self.micro_batch / 2**30
+        return out
+
+
+def _saved_bytes(net: torch.nn.Module, net_in_shape: tuple[int, ...], batch: int) -> int:
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(torch.zeros(batch, *net_in_shape), torch.zeros(batch))
+    return total
+
+
+def network_size(cfg: ExperimentConfig, data_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(parameters, float32 activation bytes saved for backward per example) of the full-size network."""
+    with torch.device("meta"):
+        bfn = make_bfn(data_shape=tuple(data_shape), **cfg.bfn_kwargs())
+    net_in_shape = (*data_shape, net_in_channels(bfn.loss_fn))
+    parameters = sum(p.numel() for p in bfn.parameters())
+    bfn.train()  # dropout and all: the training pass is what must fit
+    per_example = _saved_bytes(bfn.net, net_in_shape, 2) - _saved_bytes(bfn.net, net_in_shape, 1)
+    return parameters, per_example
+
+
+def data_shape_of(manifest, kind: str, num_classes: int | None) -> tuple[int, ...]:
+    """Check that a manifest's data can be read as (kind, K) and return the shape of one example as read."""
+    from pipelines.data.transforms import make_transform
+
+    try:
+        transform = make_transform(manifest.field, kind, num_classes, default=manifest.default_read)
+    except ValueError as err:
+        raise PipelineError(f"data {manifest.url} cannot be read as {kind} data with K={num_classes}: {err}") from None
+    return transform.out_shape(manifest.field.shape)
+
+
+def data_report(cfg: ExperimentConfig) -> tuple[list[DataCheck], tuple[int, ...] | None]:
+    """Each configured manifest: reachable, readable as the config's data kind with the training data's
+    shape (and data.shape where set), and a validation split held out of a training split disjoint
+    from what training reads. Returns the checks and the training data's shape."""
+    from pipelines.data.manifest import load_manifest
+    from pipelines.data.source import check_holdouts
+
+    checks, manifests, shape = [], {}, None
+    for split in ("train", "val", "test"):
+        url = getattr(cfg.data, split)
+        if not url:
+            continue
+        try:
+            manifest = load_manifest(expand_env(url))
+            got = data_shape_of(manifest, cfg.data.kind, cfg.data.num_classes)
+            expected = shape or (tuple(cfg.data.shape) if cfg.data.shape is not None else None)
+            if expected is not None and got != expected:
+                whose = "data.train's" if shape is not None else "the config's data.shape"
+                raise PipelineError(f"data.{split} {manifest.url} holds examples of shape {list(got)}, "
+                                    f"{whose} is {list(expected)}")
+            if split == "val" and "train" in manifests:
+                train = manifests["train"]
+                check_holdouts(train.source, manifest.source, train.url, manifest.url)
+            shape = shape or got
+            manifests[split] = manifest
+            checks.append(DataCheck(split, manifest.url, True, manifest.num_samples))
+        except PipelineError as err:
+            checks.append(DataCheck(split, url, False, problem=str(err)))
+    return checks, shape
+
+
+def check_data(cfg: ExperimentConfig) -> tuple[int, ...]:
+    """The data checks of data_report, failing on the first problem (before Ray starts); the data shape."""
+    checks, shape = data_report(cfg)
+    for c in checks:
+        if not c.ok:
+            raise PipelineError(c.problem)
+    return shape
+
+
+def check(cfg: ExperimentConfig, *, look_at_data: bool = True) -> CheckReport:
+    """Parameter count, activation memory, batch layout and (unless look_at_data is off) the data."""
+    data: list[DataCheck] = []
+    shape = None
+    if look_at_data:
+        data, shape = data_report(cfg)
+    shape = shape or cfg.data.shape
+    if shape is None:
+        raise PipelineError("the data shape is unknown without reading the data: set data.shape in the config "
+                            "(e.g. [32, 32, 3]) or drop --no-data")
+    parameters, per_example = network_size(cfg, shape)
+    return CheckReport(parameters, per_example, tuple(shape), cfg.training.batch_size, cfg.scaling.num_workers,
+                       cfg.micro_batch_size, cfg.accumulation_steps, cfg.scaling.use_gpu, data)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
