@@ -112,6 +112,22 @@ def test_eval_and_sample_through_the_cli(trained_run, mlflow_url, tmp_path):
     assert (tmp_path / "samples.npy").exists() and (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_on_ray_workers_counts_every_example_once(trained_run, tracked):
+    """Three Ray tasks (over both nodes) each evaluate a share of the 297 test digits: every example counts
+    once, progress adds up to the total, and the table agrees with a single process's."""
+    from pipelines.evaluate import evaluate
+
+    started, done = [], []
+    parallel = evaluate(trained_run.run_id, steps=[10, None], repeats=2, workers=3, device="cpu", log=False,
+                        on_start=started.append, on_progress=done.append)
+    single = evaluate(trained_run.run_id, steps=[10, None], repeats=2, device="cpu", log=False)
+    assert started == [297] and sum(done) == 297
+    assert parallel.table.num_examples == single.table.num_examples == 297 and parallel.table.n_repeats == 2
+    for a, b in zip(parallel.table.rows, single.table.rows):
+        assert abs(a.nats - b.nats) < 5 * (a.nats_se_examples + b.nats_se_examples), (a, b)
+        assert a.nats_se_mc is not None and 0 < a.nats_se_mc < a.nats_se_examples
+
+
 def _one_line_error(res, *needles):
     assert res.returncode == 1, (res.stdout, res.stderr)
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
