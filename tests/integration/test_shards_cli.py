@@ -68,7 +68,7 @@ def test_unknown_data_set(bfn, tmp_path):
 
 def test_unknown_split(bfn, tmp_path):
     code, _, err = bfn("data", "shard", "digits", "--split", "valid", "--out", str(tmp_path))
-    assert_one_line_error(code, err, "digits has no split 'valid'", "choose one of train, test")
+    assert_one_line_error(code, err, "digits has no split 'valid'", "choose one of train, val, test")
 
 
 def test_unwritable_output(bfn, tmp_path):
