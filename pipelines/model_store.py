@@ -34,10 +34,11 @@ def build(meta: dict, state: dict) -> BFN:
     return bfn.eval()
 
 
-def log_model(bfn: BFN, meta: dict, run_id: str, which: str = "final", is_run_model: bool = True) -> str:
+def log_model(bfn: BFN, meta: dict, run_id: str, roles: tuple[str, ...] = ("final",), is_run_model: bool = True) -> str:
     """Log the weights (safetensors) and config as a pyfunc model from code; returns its model URI.
-    `which` is 'final' or 'best' (the best-validation EMA weights); tags bfn.model_id.<which>, and
-    bfn.model_id where it is the run's model."""
+    `roles` are what these weights are, 'final' and/or 'best' (the best-validation EMA weights): the
+    model is named after the first and tagged bfn.model_id.<role> for each; bfn.model_id where it is
+    the run's model."""
     import mlflow
     from safetensors.torch import save_file
 
@@ -49,13 +50,14 @@ def log_model(bfn: BFN, meta: dict, run_id: str, which: str = "final", is_run_mo
         cfg.write_text(json.dumps(meta, indent=2))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name=MODEL_NAMES[which],
+                name=MODEL_NAMES[roles[0]],
                 python_model=str(Path(__file__).with_name("mlflow_model.py")),
                 artifacts={"weights": str(weights), "config": str(cfg)},
                 code_paths=[str(Path(__file__).resolve().parents[1] / "bfn_core")],
                 pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy", "safetensors", "mlflow"],
             )
-            mlflow.set_tag(f"{RUN_TAG_MODEL_ID}.{which}", info.model_id)
+            for role in roles:
+                mlflow.set_tag(f"{RUN_TAG_MODEL_ID}.{role}", info.model_id)
             if is_run_model:
                 mlflow.set_tag(RUN_TAG_MODEL_ID, info.model_id)
     if before.end_time:  # leaving start_run() ends the run now: keep the record of when and how it ended

@@ -138,15 +138,20 @@ def log_final_model(result, run_id: str, run_model: str = "final") -> tuple[str,
     final = getattr(result, "checkpoint", result)
     if final is None:
         raise PipelineError("training ended without a checkpoint")
-    logged = {}
     best = best_checkpoint(result)
-    for which, checkpoint in (("final", final), ("best", best)):
+    if best is not None and best.path == final.path:  # the last validation was the best: one model, two roles
+        best, final_roles = None, ("final", "best")
+    else:
+        final_roles = ("final",)
+    logged = {}
+    for roles, checkpoint in ((final_roles, final), (("best",), best)):
         if checkpoint is None:
             continue
         with checkpoint.as_directory() as folder:
             meta = read_config(folder)
             model = build(meta, load_weights(folder, "ema"))
-        logged[which] = (log_model(model, meta, run_id, which=which, is_run_model=which == run_model), checkpoint.path)
+        uri = log_model(model, meta, run_id, roles=roles, is_run_model=run_model in roles)
+        logged.update({role: (uri, checkpoint.path) for role in roles})
     if run_model not in logged:
         raise PipelineError(f"training.run_model is {run_model!r} but no checkpoint was validated: validation needs "
                             "data.val, and val_every within training.steps")
