@@ -19,7 +19,6 @@ from torch import distributions as D
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bfn_core import BFN, bin_centres, make_bfn, make_loss  # noqa: E402
-from bfn_core.factory import net_in_channels  # noqa: E402
 from bfn_core.losses import per_example  # noqa: E402
 
 
@@ -53,7 +52,7 @@ def make_data(s: Shape, g: torch.Generator) -> torch.Tensor:
 def linear_bfn(s: Shape) -> BFN:
     """The BFN math with the network replaced by one fixed per-dimension linear layer."""
     loss = make_loss(s.kind, num_classes=s.k, sigma_1=s.sigma_1, beta_1=s.beta_1)
-    lin = torch.nn.Linear(net_in_channels(loss), loss.factory.net_out_channels)
+    lin = torch.nn.Linear(loss.flow.net_in_channels, loss.factory.net_out_channels)
 
     class Net(torch.nn.Module):
         def __init__(self):

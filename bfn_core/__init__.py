@@ -3,39 +3,42 @@
 Paper concepts map to classes: BayesianFlow (flows.py), output distributions and their factories
 (distributions.py), Loss (losses.py), samplers as plain functions (samplers.py), the BFN module
 (bfn.py), likelihood evaluation (likelihood.py), networks (networks/), and builders that tie a
-data kind to all of these (factory.py).
+data kind to all of these (factory.py). Every error a user can fix is a BfnError (errors.py).
+
+Names are imported on first use (PEP 562): `from bfn_core.errors import BfnError`, which every
+layer's errors derive from, must not pay for importing torch (the command line's --help does it).
 """
-from bfn_core.bfn import BFN
-from bfn_core.distributions import (
-    CategoricalFactory,
-    CategoricalOutput,
-    DeltaDistribution,
-    DiscretisedNormal,
-    DiscretisedNormalFactory,
-    NoisePredictionFactory,
-    bin_centres,
-    bin_index,
-)
-from bfn_core.flows import BayesianFlow, ContinuousBayesianFlow, DiscreteBayesianFlow
-from bfn_core.likelihood import (
-    DEFAULT_STEPS,
-    LikelihoodAccumulator,
-    LikelihoodTable,
-    accumulate_likelihood,
-    evaluate_likelihood,
-    parse_steps,
-    steps_label,
-)
-from bfn_core.losses import ContinuousLoss, DiscreteLoss, DiscretisedLoss, Loss
-from bfn_core.samplers import bfn_sampler
+from __future__ import annotations
 
-__all__ = [
-    "BFN", "BayesianFlow", "ContinuousBayesianFlow", "DiscreteBayesianFlow", "Loss", "ContinuousLoss",
-    "DiscretisedLoss", "DiscreteLoss", "NoisePredictionFactory", "DiscretisedNormalFactory",
-    "CategoricalFactory", "DeltaDistribution", "DiscretisedNormal", "CategoricalOutput", "bin_centres",
-    "bin_index", "bfn_sampler", "accumulate_likelihood", "evaluate_likelihood", "LikelihoodTable", "LikelihoodAccumulator",
-    "DEFAULT_STEPS", "parse_steps", "steps_label",
-]
-from bfn_core.factory import DATA_KINDS, NETWORKS, make_bfn, make_loss  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ += ["DATA_KINDS", "NETWORKS", "make_bfn", "make_loss"]
+_EXPORTS = {
+    "BFN": "bfn",
+    "bin_centres": "discretised_ops", "bin_index": "discretised_ops",
+    "CategoricalFactory": "distributions", "CategoricalOutput": "distributions", "DeltaDistribution": "distributions",
+    "DiscretisedNormal": "distributions", "DiscretisedNormalFactory": "distributions",
+    "NoisePredictionFactory": "distributions",
+    "BfnError": "errors",
+    "BayesianFlow": "flows", "ContinuousBayesianFlow": "flows", "DiscreteBayesianFlow": "flows",
+    "DEFAULT_STEPS": "likelihood", "LikelihoodAccumulator": "likelihood", "LikelihoodTable": "likelihood",
+    "accumulate_likelihood": "likelihood", "evaluate_likelihood": "likelihood", "parse_steps": "likelihood",
+    "steps_label": "likelihood",
+    "ContinuousLoss": "losses", "DiscreteLoss": "losses", "DiscretisedLoss": "losses", "Loss": "losses",
+    "bfn_sampler": "samplers",
+    "DATA_KINDS": "factory", "NETWORKS": "factory", "make_bfn": "factory", "make_loss": "factory",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bfn_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bfn_core.{module}"), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

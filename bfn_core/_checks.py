@@ -1,50 +1,53 @@
-"""Argument checks shared by the flows, losses and samplers: each names the argument and its range."""
+"""Argument checks shared by the flows, losses, samplers and networks: each raises a BfnError that names
+the argument and its range."""
 from __future__ import annotations
 
 import torch
 
+from bfn_core.errors import BfnError
+
 
 def check_sigma_1(sigma_1: float) -> float:
     if not 0.0 < float(sigma_1) < 1.0:
-        raise ValueError(f"sigma_1 must be in (0, 1) (e.g. 0.001 for 8-bit images), got {sigma_1}")
+        raise BfnError(f"sigma_1 must be in (0, 1) (e.g. 0.001 for 8-bit images), got {sigma_1}")
     return float(sigma_1)
 
 
 def check_beta_1(beta_1: float) -> float:
     if not float(beta_1) > 0.0:
-        raise ValueError(f"beta_1 must be > 0 (e.g. 9.0 = 3**2 for binarised MNIST), got {beta_1}")
+        raise BfnError(f"beta_1 must be > 0 (e.g. 9.0 = 3**2 for binarised MNIST), got {beta_1}")
     return float(beta_1)
 
 
 def check_num_classes(k: int, name: str = "K") -> int:
     if int(k) != k or int(k) < 2:
-        raise ValueError(f"{name} must be an integer >= 2, got {k}")
+        raise BfnError(f"{name} must be an integer >= 2, got {k}")
     return int(k)
 
 
 def check_n_steps(n_steps: int, name: str = "n_steps") -> int:
     if int(n_steps) != n_steps or int(n_steps) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {n_steps}")
+        raise BfnError(f"{name} must be an integer >= 1, got {n_steps}")
     return int(n_steps)
 
 
 def check_positive(value: float, name: str) -> float:
     if not float(value) > 0.0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+        raise BfnError(f"{name} must be > 0, got {value}")
     return float(value)
 
 
 def check_choice(value: str, choices: tuple[str, ...], name: str) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise BfnError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
 def check_continuous_data(x: torch.Tensor) -> None:
     if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating-point tensor in [-1, 1] for continuous data, got dtype {x.dtype}")
+        raise BfnError(f"x must be a floating-point tensor in [-1, 1] for continuous data, got dtype {x.dtype}")
     if x.numel() and (x.min() < -1.0 or x.max() > 1.0):
-        raise ValueError(
+        raise BfnError(
             f"x must lie in [-1, 1] for continuous data, got values in [{x.min().item():.4g}, {x.max().item():.4g}]; "
             "rescale the data (e.g. 2 * u8 / 255 - 1)"
         )
@@ -52,9 +55,9 @@ def check_continuous_data(x: torch.Tensor) -> None:
 
 def check_class_indices(x: torch.Tensor, k: int) -> None:
     if torch.is_floating_point(x) or torch.is_complex(x) or x.dtype == torch.bool:
-        raise ValueError(f"x must hold integer class indices in [0, {k}) for discrete data, got dtype {x.dtype}")
+        raise BfnError(f"x must hold integer class indices in [0, {k}) for discrete data, got dtype {x.dtype}")
     if x.numel():
         # Compared as Python ints: a tensor comparison would wrap K into x's dtype (uint8: 256 -> 0).
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= k:
-            raise ValueError(f"class index out of range: x must lie in [0, K) = [0, {k}), got values in [{lo}, {hi}]")
+            raise BfnError(f"class index out of range: x must lie in [0, K) = [0, {k}), got values in [{lo}, {hi}]")

@@ -14,8 +14,8 @@ from bfn_core.samplers import bfn_sampler
 class BFN(nn.Module):
     """Network + flow + loss. Data x is (B, *dims): floats in [-1, 1], or class indices.
 
-    The network maps the flow's network inputs (B, *dims, C_in) and t (B,) to
-    (B, *dims, C_out) with C_out = loss.factory.net_out_channels.
+    The network maps the flow's network inputs (B, *dims, C_in) and t (B,) to (B, *dims, C_out),
+    with C_in = loss.flow.net_in_channels and C_out = loss.factory.net_out_channels.
     """
 
     def __init__(self, net: nn.Module, loss: Loss):

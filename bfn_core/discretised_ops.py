@@ -33,8 +33,19 @@ class _Workspace:
         return buf[:n]
 
 
+def bin_centres(num_bins: int, device=None, dtype=torch.float32) -> Tensor:
+    """k_c = (2k + 1) / K - 1 for k = 0..K-1 (bins of width 2/K on [-1, 1])."""
+    return (2.0 * torch.arange(num_bins, device=device, dtype=dtype) + 1.0) / num_bins - 1.0
+
+
+def bin_index(x: Tensor, num_bins: int) -> Tensor:
+    """The bin that holds each value of x (inverse of bin_centres)."""
+    return ((x + 1.0) * (num_bins / 2.0)).floor().clamp(0, num_bins - 1).long()
+
+
 def _grid(k: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    centres = (2.0 * torch.arange(k, device=like.device, dtype=like.dtype) + 1.0) / k - 1.0
+    """The K bin centres and the K - 1 inner bin edges, in like's dtype and device."""
+    centres = bin_centres(k, like.device, like.dtype)
     return centres, centres[:-1] + 1.0 / k
 
 

@@ -13,20 +13,10 @@ import torch
 from torch import Tensor
 
 from bfn_core._checks import check_num_classes
-from bfn_core.discretised_ops import binned_mean
+from bfn_core.discretised_ops import LOG_SQRT_2PI, bin_centres, bin_index, binned_mean
+from bfn_core.flows import expand_t
 
 T_MIN = 1e-6  # below this, the output mean is 0 and the std 1 (no information received yet)
-LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def bin_centres(num_bins: int, device=None, dtype=torch.float32) -> Tensor:
-    """k_c = (2k + 1) / K - 1 for k = 0..K-1 (bins of width 2/K on [-1, 1])."""
-    return (2.0 * torch.arange(num_bins, device=device, dtype=dtype) + 1.0) / num_bins - 1.0
-
-
-def bin_index(x: Tensor, num_bins: int) -> Tensor:
-    """The bin that holds each value of x (inverse of bin_centres)."""
-    return ((x + 1.0) * (num_bins / 2.0)).floor().clamp(0, num_bins - 1).long()
 
 
 def _bin_mass(z_lo: Tensor, z_hi: Tensor) -> Tensor:
@@ -40,18 +30,13 @@ def _bin_mass(z_lo: Tensor, z_hi: Tensor) -> Tensor:
     return torch.where(z_lo >= 0, upper, lower)
 
 
-def _expand_t(t: Tensor, like: Tensor) -> Tensor:
-    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
-    return t.reshape(t.shape[0], *([1] * (like.dim() - 1))) if t.dim() else t
-
-
 def _noise_to_data(mu: Tensor, eps: Tensor, t: Tensor, flow) -> tuple[Tensor, Tensor, Tensor]:
     """mu / gamma - sqrt((1 - gamma) / gamma) eps (eq. 84), with t clamped to >= t_min.
 
     `flow` supplies gamma(t) and 1 - gamma(t) = sigma_1^(2t) separately (a ContinuousBayesianFlow):
     1 - gamma formed by subtraction is ~1% off in float32 near t = 1 with sigma_1 = 1e-3.
     """
-    t = _expand_t(t, mu)
+    t = expand_t(t, mu)
     t_safe = t.clamp_min(T_MIN)
     gamma = flow.gamma(t_safe)
     scale = (flow.one_minus_gamma(t_safe) / gamma).sqrt()
@@ -237,9 +222,11 @@ class CategoricalFactory(DistributionFactory):
 
     @property
     def net_out_channels(self):
+        """K logits per dimension, or for K = 2 one: the logit of class 1 against class 0."""
         return 1 if self.K == 2 else self.K
 
     def get_dist(self, net_out, theta, t):
-        if self.K == 2:
+        """p_O = softmax over K logits (eq. 171); a single logit l stands for the logits (0, l)."""
+        if self.net_out_channels < self.K:
             net_out = torch.cat([torch.zeros_like(net_out), net_out], -1)
         return CategoricalOutput(net_out)

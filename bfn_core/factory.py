@@ -1,16 +1,14 @@
 """Build a BFN for a data kind from plain arguments: the one place that pairs flows, losses and networks."""
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 
 from bfn_core.bfn import BFN
+from bfn_core.errors import BfnError
 from bfn_core.flows import ContinuousBayesianFlow, DiscreteBayesianFlow
 from bfn_core.losses import ContinuousLoss, DiscreteLoss, DiscretisedLoss, Loss, Receiver
 from bfn_core.networks import MLP, Transformer, UNet, VDMUNet
 
-DataKind = Literal["continuous", "discretised", "discrete"]
 DATA_KINDS = ("continuous", "discretised", "discrete")
 NETWORKS = ("mlp", "unet", "vdm_unet", "transformer")
 
@@ -27,9 +25,9 @@ def make_loss(kind: str, *, num_classes: int | None = None, sigma_1: float | Non
     discrete-time loss's receiver, "mixture" (paper) or "factorised" (reference, a looser bound).
     """
     if kind != "continuous" and reconstruction_std_scale != 1.0:
-        raise ValueError(f"reconstruction_std_scale applies to continuous data only, got it for {kind} data")
+        raise BfnError(f"reconstruction_std_scale applies to continuous data only, got it for {kind} data")
     if kind != "discrete" and receiver != "mixture":
-        raise ValueError(f"receiver applies to discrete data only, got receiver={receiver!r} for {kind} data")
+        raise BfnError(f"receiver applies to discrete data only, got receiver={receiver!r} for {kind} data")
     if kind == "continuous":
         return ContinuousLoss(ContinuousBayesianFlow(_need(sigma_1, "sigma_1", kind)), num_bins=num_classes,
                               reconstruction_std_scale=reconstruction_std_scale)
@@ -38,14 +36,7 @@ def make_loss(kind: str, *, num_classes: int | None = None, sigma_1: float | Non
     if kind == "discrete":
         flow = DiscreteBayesianFlow(_need(num_classes, "num_classes", kind), _need(beta_1, "beta_1", kind))
         return DiscreteLoss(flow, receiver=receiver)
-    raise ValueError(f"kind must be one of {DATA_KINDS}, got {kind!r}")
-
-
-def net_in_channels(loss: Loss) -> int:
-    """Channels per data dimension that the flow feeds to the network."""
-    if isinstance(loss, DiscreteLoss):
-        return 1 if loss.K == 2 else loss.K
-    return 1
+    raise BfnError(f"kind must be one of {DATA_KINDS}, got {kind!r}")
 
 
 def make_bfn(kind: str, data_shape: tuple[int, ...], *, network: str = "mlp", num_classes: int | None = None,
@@ -55,25 +46,25 @@ def make_bfn(kind: str, data_shape: tuple[int, ...], *, network: str = "mlp", nu
     The loss options (reconstruction_std_scale, receiver) are make_loss's."""
     loss = make_loss(kind, num_classes=num_classes, sigma_1=sigma_1, beta_1=beta_1,
                      reconstruction_std_scale=reconstruction_std_scale, receiver=receiver)
-    cin, cout = net_in_channels(loss), loss.factory.net_out_channels
+    cin, cout = loss.flow.net_in_channels, loss.factory.net_out_channels
     data_shape = tuple(data_shape)
     net: nn.Module
     if network == "mlp":
         net = MLP(data_shape, cin, cout, **net_kwargs)
     elif network in ("unet", "vdm_unet"):
         if len(data_shape) != 3:
-            raise ValueError(f"network {network!r} needs image data of shape (H, W, C), got data_shape {data_shape}")
+            raise BfnError(f"network {network!r} needs image data of shape (H, W, C), got data_shape {data_shape}")
         net = (UNet if network == "unet" else VDMUNet)(data_shape, cin, cout, **net_kwargs)
     elif network == "transformer":
         if len(data_shape) != 1:
-            raise ValueError(f"network 'transformer' needs sequence data of shape (L,), got data_shape {data_shape}")
+            raise BfnError(f"network 'transformer' needs sequence data of shape (L,), got data_shape {data_shape}")
         net = Transformer(data_shape[0], cin, cout, **net_kwargs)
     else:
-        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+        raise BfnError(f"network must be one of {NETWORKS}, got {network!r}")
     return BFN(net, loss)
 
 
 def _need(value, name: str, kind: str):
     if value is None:
-        raise ValueError(f"{name} is required for {kind} data")
+        raise BfnError(f"{name} is required for {kind} data")
     return value

@@ -23,7 +23,7 @@ from bfn_core._checks import (
 Params = tuple[Tensor, ...]
 
 
-def _expand_t(t: Tensor | float, like: Tensor) -> Tensor:
+def expand_t(t: Tensor | float, like: Tensor) -> Tensor:
     """Broadcast a per-example time (B,) against data of shape (B, ...), in the data's float dtype.
 
     For class indices (no float dtype of their own) a floating t keeps its dtype, so float64 t
@@ -83,8 +83,17 @@ class BayesianFlow(ABC):
         """theta ~ p_F(theta | x; t), the Bayesian flow distribution."""
 
     @abstractmethod
+    def params_to_net_inputs(self, theta: Params) -> Tensor:
+        """The network's input for theta, shape (*data_shape, net_in_channels)."""
+
+    @property
+    @abstractmethod
+    def net_in_channels(self) -> int:
+        """How many numbers per data dimension params_to_net_inputs feeds the network."""
+
+    @abstractmethod
     def check_data(self, x: Tensor) -> None:
-        """Raise ValueError when x is outside the data space of this flow."""
+        """Raise BfnError when x is outside the data space of this flow."""
 
     def alpha_at_step(self, t: Tensor, n: int) -> Tensor:
         """alpha_i for the step i = t n + 1 that starts at t = t_{i-1}."""
@@ -96,9 +105,10 @@ class BayesianFlow(ABC):
 class ContinuousBayesianFlow(BayesianFlow):
     """Gaussian input distribution N(mu, rho^-1) with schedule beta(t) = sigma_1^(-2t) - 1 (section 4)."""
 
-    def __init__(self, sigma_1: float, t_min: float = 1e-6):
+    net_in_channels = 1
+
+    def __init__(self, sigma_1: float):
         self.sigma_1 = check_sigma_1(sigma_1)
-        self.t_min = t_min
 
     def prior(self, data_shape, device=None) -> Params:
         mu = torch.zeros(data_shape, device=device)
@@ -128,22 +138,22 @@ class ContinuousBayesianFlow(BayesianFlow):
 
     def flow_mean_std(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean gamma x and std sqrt(gamma (1 - gamma)) of mu under p_F(theta | x; t) (sec. 4, gamma from eq. 80)."""
-        t = _expand_t(t, x)
+        t = expand_t(t, x)
         gamma = self.gamma(t)
         return gamma * x, (gamma * self.one_minus_gamma(t)).sqrt().expand_as(x)
 
     def flow_precision(self, x: Tensor, t: Tensor) -> Tensor:
         """rho(t) = 1 / (1 - gamma(t)) = sigma_1^(-2t), the input precision under p_F (sec. 4, eq. 80)."""
-        rho = self.sigma_1 ** (-2.0 * _expand_t(t, x))
+        rho = self.sigma_1 ** (-2.0 * expand_t(t, x))
         return rho.expand(x.shape[:1] + (1,) * (x.dim() - 1))
 
     def sender_sample(self, x, alpha, generator=None):
-        alpha = _expand_t(alpha, x)
+        alpha = expand_t(alpha, x)
         return x + _randn(x.shape, x, generator) / alpha.sqrt()
 
     def update(self, theta, y, alpha):
         mu, rho = theta
-        alpha = _expand_t(alpha, mu)
+        alpha = expand_t(alpha, mu)
         new_rho = rho + alpha
         return (rho * mu + alpha * y) / new_rho, new_rho
 
@@ -191,7 +201,7 @@ class DiscreteBayesianFlow(BayesianFlow):
 
     def sender_sample(self, x, alpha, generator=None):
         offsets = self._class_offsets(x, self._float_dtype(alpha))
-        alpha = _expand_t(alpha, offsets)
+        alpha = expand_t(alpha, offsets)
         return alpha * offsets + (alpha * self.K).sqrt() * _randn(offsets.shape, offsets, generator)
 
     def update(self, theta, y, alpha):
@@ -202,7 +212,7 @@ class DiscreteBayesianFlow(BayesianFlow):
     def flow_mean_std(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean beta (K e_x - 1) and std sqrt(beta K) of the logits y, theta = softmax(y) ~ p_F (sec. 6)."""
         offsets = self._class_offsets(x, self._float_dtype(t))
-        beta = self.beta(_expand_t(t, offsets).clamp(max=self.t_max))
+        beta = self.beta(expand_t(t, offsets).clamp(max=self.t_max))
         return beta * offsets, (beta * self.K).sqrt().expand_as(offsets)
 
     @torch.no_grad()
@@ -214,12 +224,15 @@ class DiscreteBayesianFlow(BayesianFlow):
         probs = torch.where(std < 1e-10 * math.sqrt(self.K), torch.full_like(probs, 1.0 / self.K), probs)
         return (probs,)
 
+    @property
+    def net_in_channels(self) -> int:
+        """K probabilities per dimension, or for K = 2 only that of class 1 (the other is 1 minus it)."""
+        return 1 if self.K == 2 else self.K
+
     def params_to_net_inputs(self, theta: Params) -> Tensor:
-        """Network input 2 theta - 1; for K = 2 only the probability of class 1 (..., 1)."""
+        """Network input 2 theta - 1 over the last net_in_channels classes (sec. 6), shape (..., net_in_channels)."""
         (probs,) = theta
-        if self.K == 2:
-            probs = probs[..., 1:]
-        return 2.0 * probs - 1.0
+        return 2.0 * probs[..., self.K - self.net_in_channels:] - 1.0
 
     def check_data(self, x):
         check_class_indices(x, self.K)

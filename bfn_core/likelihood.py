@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
 from bfn_core._checks import check_n_steps
+from bfn_core.errors import BfnError
 
 DEFAULT_STEPS: tuple[int | None, ...] = (10, 25, 50, 100, 1000, None)  # None = continuous time
 LN2 = math.log(2.0)
@@ -29,7 +30,7 @@ def parse_steps(text: str) -> list[int | None]:
             try:
                 out.append(check_n_steps(int(part), "steps"))
             except ValueError:
-                raise ValueError(f"steps must be integers >= 1 or 'inf', got {part!r}") from None
+                raise BfnError(f"steps must be integers >= 1 or 'inf', got {part!r}") from None
     return out
 
 
@@ -110,7 +111,8 @@ class LikelihoodAccumulator:
     """Running sums per step count, mergeable across data-parallel workers.
 
     Per step count: the sum and sum of squares over examples of each example's bound (averaged over
-    repeats), and for each repeat the sum over examples of that repeat's bound.
+    repeats), and for each repeat the sum over examples of that repeat's bound. Change it only through
+    add_batch, merge and all_reduce: the sums, count and dims must move together.
     """
 
     steps: Sequence[int | None]
@@ -119,10 +121,27 @@ class LikelihoodAccumulator:
     sums: dict = field(default_factory=dict)
     sq_sums: dict = field(default_factory=dict)
     repeat_sums: dict = field(default_factory=dict)
-    dims: int = 0
+    dims: int = 0  # data dimensions per example; 0 until a batch (or a merge, or an all-reduce) tells
 
-    def add(self, steps: int | None, per_repeat: torch.Tensor) -> None:
-        """per_repeat: (n_repeats, B) bounds of a batch, one row per repeat."""
+    def add_batch(self, bounds: Mapping[int | None, torch.Tensor], dims: int) -> None:
+        """Add one batch: bounds[s] is (n_repeats, B), the bound at step count s of each example per repeat,
+        for every s in steps; dims is the number of data dimensions of one example."""
+        if set(bounds) != set(self.steps):
+            raise BfnError(f"a batch needs bounds for the step counts {list(self.steps)}, got {list(bounds)}")
+        sizes = {v.reshape(self.n_repeats, -1).shape[1] for v in bounds.values()}
+        if len(sizes) != 1:
+            raise BfnError(f"every step count's bounds must cover the same examples, got batch sizes {sorted(sizes)}")
+        self._check_dims(dims)
+        for s in self.steps:
+            self._add(s, bounds[s])
+        self.count += sizes.pop()
+        self.dims = dims
+
+    def _check_dims(self, dims: int) -> None:
+        if self.dims and dims and dims != self.dims:
+            raise BfnError(f"examples of {dims} dimensions cannot join sums over examples of {self.dims}")
+
+    def _add(self, steps: int | None, per_repeat: torch.Tensor) -> None:
         v = per_repeat.detach().double().cpu().reshape(self.n_repeats, -1)
         mean = v.mean(0)
         self.sums[steps] = self.sums.get(steps, 0.0) + mean.sum().item()
@@ -132,8 +151,10 @@ class LikelihoodAccumulator:
         self.repeat_sums[steps] = [a + b for a, b in zip(old, by_repeat)]
 
     def merge(self, other: "LikelihoodAccumulator") -> None:
+        """Add another worker's sums to these (e.g. the parts returned by Ray tasks)."""
         if other.n_repeats != self.n_repeats:
-            raise ValueError(f"cannot merge sums over {other.n_repeats} repeats into sums over {self.n_repeats}")
+            raise BfnError(f"cannot merge sums over {other.n_repeats} repeats into sums over {self.n_repeats}")
+        self._check_dims(other.dims)
         self.count += other.count
         self.dims = self.dims or other.dims
         for s in other.sums:
@@ -142,25 +163,48 @@ class LikelihoodAccumulator:
             old = self.repeat_sums.get(s, [0.0] * self.n_repeats)
             self.repeat_sums[s] = [a + b for a, b in zip(old, other.repeat_sums[s])]
 
-    def to_vector(self) -> list[float]:
-        """Every sum as one flat list (for an all-reduce); from_vector reads it back."""
+    def all_reduce(self, device: torch.device | str | None = None) -> "LikelihoodAccumulator":
+        """Sum every rank's sums into each rank's accumulator (in place, returned) when a torch.distributed
+        process group is initialised; a no-op otherwise. Every rank must call it, with the same steps.
+
+        device is where the collective's tensors live: the rank's GPU for NCCL, the CPU for gloo; by
+        default the one the group's backend needs. dims is reduced with MAX, not summed: a rank that saw
+        no examples has dims 0.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        if device is None:
+            nccl = dist.get_backend() == dist.Backend.NCCL
+            device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        vec = torch.tensor(self._to_vector(), dtype=torch.float64, device=device)
+        dist.all_reduce(vec)
+        dims = torch.tensor([self.dims], dtype=torch.int64, device=device)
+        dist.all_reduce(dims, op=dist.ReduceOp.MAX)
+        self._load_vector(vec.tolist())
+        self.dims = int(dims.item())
+        return self
+
+    def _to_vector(self) -> list[float]:
+        """The count and every sum as one flat list, in the order of steps (the all-reduce's payload)."""
         out = [float(self.count)]
         for s in self.steps:
             out += [self.sums.get(s, 0.0), self.sq_sums.get(s, 0.0), *self.repeat_sums.get(s, [0.0] * self.n_repeats)]
         return out
 
-    @classmethod
-    def from_vector(cls, steps, n_repeats: int, vec: Sequence[float], dims: int = 0) -> "LikelihoodAccumulator":
-        acc = cls(list(steps), n_repeats=n_repeats, count=int(round(vec[0])), dims=dims)
-        width = 2 + n_repeats
-        for i, s in enumerate(acc.steps):
+    def _load_vector(self, vec: Sequence[float]) -> None:
+        """Replace the count and sums by those of a list written by _to_vector."""
+        self.count = int(round(vec[0]))
+        width = 2 + self.n_repeats
+        for i, s in enumerate(self.steps):
             part = vec[1 + i * width: 1 + (i + 1) * width]
-            acc.sums[s], acc.sq_sums[s], acc.repeat_sums[s] = part[0], part[1], list(part[2:])
-        return acc
+            self.sums[s], self.sq_sums[s], self.repeat_sums[s] = part[0], part[1], list(part[2:])
 
     def table(self, unit: str = "dim") -> LikelihoodTable:
         if self.count == 0:
-            raise ValueError("no examples were evaluated: the data iterable was empty")
+            raise BfnError("no examples were evaluated: the data iterable was empty; check the data's "
+                           "location and that its split holds examples")
         rows = []
         n, r = self.count, self.n_repeats
         scale = 1.0 / (self.dims * LN2)
@@ -199,11 +243,9 @@ def accumulate_likelihood(
     try:
         for x in batches:
             recon = torch.stack([bfn.reconstruction_loss(x, generator) for _ in range(acc.n_repeats)])
-            for s in acc.steps:
-                bound = torch.stack([bfn.loss(x, s, generator, n_mc) for _ in range(acc.n_repeats)])
-                acc.add(s, bound + recon)
-            acc.count += x.shape[0]
-            acc.dims = x[0].numel()
+            bounds = {s: torch.stack([bfn.loss(x, s, generator, n_mc) for _ in range(acc.n_repeats)]) + recon
+                      for s in acc.steps}
+            acc.add_batch(bounds, dims=x[0].numel())
             if progress is not None:
                 progress(x.shape[0])
     finally:

@@ -22,7 +22,7 @@ from bfn_core.distributions import (
     DistributionFactory,
     NoisePredictionFactory,
 )
-from bfn_core.flows import BayesianFlow, ContinuousBayesianFlow, DiscreteBayesianFlow, _expand_t
+from bfn_core.flows import BayesianFlow, ContinuousBayesianFlow, DiscreteBayesianFlow, expand_t
 
 
 def per_example(loss: Tensor) -> Tensor:
@@ -72,12 +72,12 @@ class ContinuousLoss(Loss):
     def cts_time_loss(self, x, net_out, theta, t):
         """-ln(sigma_1) ||x - x_hat||^2 sigma_1^(-2t) (eq. 101)."""
         s1 = self.flow.sigma_1
-        weight = -math.log(s1) * s1 ** (-2.0 * _expand_t(t, x))
+        weight = -math.log(s1) * s1 ** (-2.0 * expand_t(t, x))
         return per_example(weight * self._sq_err(x, net_out, theta, t))
 
     def discrete_time_loss(self, x, net_out, theta, t, n_steps, n_mc=1, generator=None):
         """(n/2) alpha_i ||x - x_hat||^2, closed form (eq. 96): no Monte Carlo over y needed."""
-        alpha = _expand_t(self.flow.alpha_at_step(t, n_steps), x)
+        alpha = expand_t(self.flow.alpha_at_step(t, n_steps), x)
         return per_example(0.5 * n_steps * alpha * self._sq_err(x, net_out, theta, t))
 
     def reconstruction_loss(self, x, net_out, theta):
@@ -101,7 +101,7 @@ class DiscretisedLoss(Loss):
         """-ln(sigma_1) ||x - k_hat||^2 sigma_1^(-2t), k_hat the bin-weighted mean (eq. 119)."""
         s1 = self.flow.sigma_1
         k_hat = self.factory.get_dist(net_out, theta, t).mean
-        weight = -math.log(s1) * s1 ** (-2.0 * _expand_t(t, x))
+        weight = -math.log(s1) * s1 ** (-2.0 * expand_t(t, x))
         return per_example(weight * (x - k_hat) ** 2)
 
     def discrete_time_loss(self, x, net_out, theta, t, n_steps, n_mc=1, generator=None):
@@ -110,7 +110,7 @@ class DiscretisedLoss(Loss):
         dist = self.factory.get_dist(net_out, theta, t)
         alpha_b = self.flow.alpha_at_step(t, n_steps)
         ys = torch.stack([self.flow.sender_sample(x, alpha_b, generator) for _ in range(n_mc)])
-        alpha = _expand_t(alpha_b, x).expand_as(x)
+        alpha = expand_t(alpha_b, x).expand_as(x)
         return per_example(n_steps * receiver_nll(dist.mu_x, dist.sigma_x, x, ys, alpha, self.K))
 
     def reconstruction_loss(self, x, net_out, theta):
@@ -141,7 +141,7 @@ class DiscreteLoss(Loss):
         """K beta_1 t ||e_x - e_hat||^2 (eq. 205)."""
         e_hat = self.factory.get_dist(net_out, theta, t).mean
         e_x = torch.nn.functional.one_hot(x.long(), self.K).to(e_hat.dtype)
-        weight = self.K * self.flow.beta_1 * _expand_t(t, e_hat)[..., 0]
+        weight = self.K * self.flow.beta_1 * expand_t(t, e_hat)[..., 0]
         return per_example(weight * ((e_x - e_hat) ** 2).sum(-1))
 
     def discrete_time_loss(self, x, net_out, theta, t, n_steps, n_mc=1, generator=None):
@@ -158,7 +158,7 @@ class DiscreteLoss(Loss):
         """ln p_S(y | x; alpha) - ln p_R(y | theta; alpha) per data dimension, for the chosen receiver (eq. 192)."""
         if self.receiver == "mixture":
             return self._mixture_log_ratio(x, log_p, y)
-        return self._factorised_log_ratio(x, log_p, y, _expand_t(alpha, y))
+        return self._factorised_log_ratio(x, log_p, y, expand_t(alpha, y))
 
     @staticmethod
     def _mixture_log_ratio(x, log_p, y):

@@ -13,18 +13,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from bfn_core import make_bfn
-from bfn_core.factory import net_in_channels
-from pipelines.config import ExperimentConfig, expand_env
+from pipelines.config import ExperimentConfig
 from pipelines.errors import PipelineError
-
-
-@dataclass
-class DataCheck:
-    split: str
-    url: str
-    ok: bool
-    examples: int | None = None
-    problem: str | None = None
+from pipelines.prepare import DataCheck, data_report
 
 
 @dataclass
@@ -68,62 +59,11 @@ def network_size(cfg: ExperimentConfig, data_shape: tuple[int, ...]) -> tuple[in
     """(parameters, float32 activation bytes saved for backward per example) of the full-size network."""
     with torch.device("meta"):
         bfn = make_bfn(data_shape=tuple(data_shape), **cfg.bfn_kwargs())
-    net_in_shape = (*data_shape, net_in_channels(bfn.loss_fn))
+    net_in_shape = (*data_shape, bfn.flow.net_in_channels)
     parameters = sum(p.numel() for p in bfn.parameters())
     bfn.train()  # dropout and all: the training pass is what must fit
     per_example = _saved_bytes(bfn.net, net_in_shape, 2) - _saved_bytes(bfn.net, net_in_shape, 1)
     return parameters, per_example
-
-
-def data_shape_of(manifest, kind: str, num_classes: int | None) -> tuple[int, ...]:
-    """Check that a manifest's data can be read as (kind, K) and return the shape of one example as read."""
-    from pipelines.data.transforms import make_transform
-
-    try:
-        transform = make_transform(manifest.field, kind, num_classes, default=manifest.default_read)
-    except ValueError as err:
-        raise PipelineError(f"data {manifest.url} cannot be read as {kind} data with K={num_classes}: {err}") from None
-    return transform.out_shape(manifest.field.shape)
-
-
-def data_report(cfg: ExperimentConfig) -> tuple[list[DataCheck], tuple[int, ...] | None]:
-    """Each configured manifest: reachable, readable as the config's data kind with the training data's
-    shape (and data.shape where set), and a validation split held out of a training split disjoint
-    from what training reads. Returns the checks and the training data's shape."""
-    from pipelines.data.manifest import load_manifest
-    from pipelines.data.source import check_holdouts
-
-    checks, manifests, shape = [], {}, None
-    for split in ("train", "val", "test"):
-        url = getattr(cfg.data, split)
-        if not url:
-            continue
-        try:
-            manifest = load_manifest(expand_env(url))
-            got = data_shape_of(manifest, cfg.data.kind, cfg.data.num_classes)
-            expected = shape or (tuple(cfg.data.shape) if cfg.data.shape is not None else None)
-            if expected is not None and got != expected:
-                whose = "data.train's" if shape is not None else "the config's data.shape"
-                raise PipelineError(f"data.{split} {manifest.url} holds examples of shape {list(got)}, "
-                                    f"{whose} is {list(expected)}")
-            if split == "val" and "train" in manifests:
-                train = manifests["train"]
-                check_holdouts(train.source, manifest.source, train.url, manifest.url)
-            shape = shape or got
-            manifests[split] = manifest
-            checks.append(DataCheck(split, manifest.url, True, manifest.num_samples))
-        except PipelineError as err:
-            checks.append(DataCheck(split, url, False, problem=str(err)))
-    return checks, shape
-
-
-def check_data(cfg: ExperimentConfig) -> tuple[int, ...]:
-    """The data checks of data_report, failing on the first problem (before Ray starts); the data shape."""
-    checks, shape = data_report(cfg)
-    for c in checks:
-        if not c.ok:
-            raise PipelineError(c.problem)
-    return shape
 
 
 def check(cfg: ExperimentConfig, *, look_at_data: bool = True) -> CheckReport:
@@ -131,7 +71,8 @@ def check(cfg: ExperimentConfig, *, look_at_data: bool = True) -> CheckReport:
     data: list[DataCheck] = []
     shape = None
     if look_at_data:
-        data, shape = data_report(cfg)
+        report = data_report(cfg)
+        data, shape = report.checks, report.shape
     shape = shape or cfg.data.shape
     if shape is None:
         raise PipelineError("the data shape is unknown without reading the data: set data.shape in the config "

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import copy
-import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Mapping, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -89,8 +87,7 @@ class FlowConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    type: Literal["continuous_time", "discrete_time"] = "continuous_time"
-    n_steps: int | None = Field(None, ge=1, description="n for the discrete-time loss")
+    n_steps: int | None = Field(None, ge=1, description="n of the discrete-time loss L^n; null: the continuous-time loss")
     n_mc: int = Field(1, ge=1, description="Monte Carlo draws of y per example in the discrete-time loss")
     # Where the reference code departs from the paper's text, both are named here (defaults: the paper).
     reconstruction_std_scale: float = Field(1.0, gt=0.0, description=(
@@ -99,12 +96,6 @@ class LossConfig(_Strict):
     receiver: Literal["mixture", "factorised"] = Field("mixture", description=(
         "discrete data, discrete-time loss: the paper's K-dimensional receiver mixture, or the reference code's "
         "per-class-coordinate two-component mixtures ('factorised', a looser bound)"))
-
-    @model_validator(mode="after")
-    def _n_for_discrete_time(self):
-        if self.type == "discrete_time" and self.n_steps is None:
-            raise ValueError("loss.n_steps is required when loss.type is 'discrete_time'")
-        return self
 
 
 class OptimizerConfig(_Strict):
@@ -140,8 +131,6 @@ class TrainingConfig(_Strict):
     sample_steps: int = Field(100, ge=1, description="sampling steps for the pictures at validation")
     num_samples: int = Field(16, ge=1)
     seed: int = 0
-    fail_once_marker: str | None = Field(None, description="test only: raise once at fail_at_step unless this file exists")
-    fail_at_step: int | None = Field(None, ge=1)
 
 
 class ScalingConfig(_Strict):
@@ -213,34 +202,60 @@ class ExperimentConfig(_Strict):
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, for MLflow params."""
-        return _flatten(self.model_dump(mode="json"))
+        return flatten(self.model_dump(mode="json"))
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            out.update(_flatten(value, name + "."))
+            out.update(flatten(value, name + "."))
         else:
             out[name] = value
     return out
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` overrides (values parsed as YAML) to a raw config dict."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key.sub=value` strings from the command line -> {dotted path: typed value}, each value read as
+    YAML. The one place where override text becomes values; everything after passes values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
             raise PipelineError(f"--set takes key=value (e.g. training.steps=100), got {item!r}")
-        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise PipelineError(f"--set {key.strip()}: {value!r} is not a YAML value ({str(err).splitlines()[0]})") from None
+    return out
+
+
+def apply_overrides(raw: dict, overrides: Mapping[str, Any]) -> dict:
+    """A copy of a raw config dict with each dotted path set to its value (sections created as needed)."""
+    raw = copy.deepcopy(raw)
+    for key, value in overrides.items():
         node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
+        *sections, leaf = key.split(".")
+        for part in sections:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise PipelineError(f"--set {key}: {part} is not a section of the config")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[leaf] = value
+    return raw
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file holding a mapping (a config, a sweep spec), or a one-line error saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{what} {path} not found: pass the path of a YAML file (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PipelineError(f"{what} {path} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{what} {path} must hold a mapping of sections (data, model, training, ...)")
     return raw
 
 
@@ -273,48 +288,6 @@ def parse_config(raw: dict, source: str = "") -> ExperimentConfig:
         raise PipelineError(format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config, apply --set overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"config file {path} not found: pass the path of a YAML config (see configs/)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise PipelineError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
-    if not isinstance(raw, dict):
-        raise PipelineError(f"config file {path} must hold a mapping of sections (data, model, training, ...)")
-    return parse_config(apply_overrides(raw, overrides or []), str(path))
-
-
-_ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
-
-
-def expand_env(url: str) -> str:
-    """${VAR} and ${VAR:-default} in a config URL (e.g. ${BFN_DATA_URL:-.bfn/data}/cifar10/train/manifest.json),
-    from the environment, as a shell would expand them."""
-    def value(match: re.Match) -> str:
-        name, default = match["name"], match["default"]
-        got = os.environ.get(name)
-        if got:
-            return got
-        if default is not None:
-            return default
-        raise PipelineError(f"{url}: environment variable {name} is not set (export it, e.g. `source .bfn/stack.env`, "
-                            "or write the URL out)")
-
-    return _ENV_REF.sub(value, url)
-
-
-def absolute_urls(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Variables expanded and local paths made absolute: Ray workers do not run in the driver's directory."""
-    def fix(url):
-        if not url:
-            return url
-        url = expand_env(url)
-        return url if "://" in url else str(Path(url).resolve())
-
-    data = cfg.data.model_copy(update={k: fix(getattr(cfg.data, k)) for k in ("train", "val", "test")})
-    storage = cfg.storage.model_copy(update={"path": fix(cfg.storage.path)})
-    training = cfg.training.model_copy(update={"fail_once_marker": fix(cfg.training.fail_once_marker)})
-    return cfg.model_copy(update={"data": data, "storage": storage, "training": training})
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply overrides ({dotted path: value}, see parse_overrides), validate."""
+    return parse_config(apply_overrides(read_yaml(path), overrides or {}), str(path))

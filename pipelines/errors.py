@@ -1,8 +1,8 @@
 """User-facing errors of the pipelines layer.
 
-The command line shows a ``PipelineError`` as one line (no traceback), so every message names the
-problem and what to do about it.  Pipelines may not import ``bfn_platform`` (layering), hence this
-separate root class; the CLI treats it like ``bfn_platform.errors.BfnError``.
+Every one derives from ``bfn_core.BfnError``, the project's one root of user-facing errors, which
+the command line (its one boundary) shows as one line ``error: ...`` with no traceback; so every
+message names the problem and what to do about it.
 
 Errors raised inside a DataLoader worker process reach the main process re-created from one string
 (torch's ExceptionWrapper calls ``type(msg)`` with the worker's whole traceback as ``msg``); the
@@ -11,7 +11,7 @@ constructors below take that form too and keep only the original one-line messag
 """
 from __future__ import annotations
 
-import re
+from bfn_core.errors import BfnError
 
 
 def _original_message(text: str, class_name: str) -> str:
@@ -25,8 +25,8 @@ def _original_message(text: str, class_name: str) -> str:
     return text
 
 
-class PipelineError(Exception):
-    """A failure the user can fix: the message says what went wrong and what to do."""
+class PipelineError(BfnError):
+    """A failure of the pipelines the user can fix: the message says what went wrong and what to do."""
 
     def __init__(self, *args: object):
         if len(args) == 1 and isinstance(args[0], str):
@@ -50,31 +50,27 @@ class DownloadError(PipelineError):
     """A dataset's canonical files could not be fetched or failed their checksum."""
 
 
-_SHARD_MESSAGE = re.compile(r"^shard (?P<shard>\S+) \(listed in (?P<manifest>\S+)\) is unreadable: (?P<reason>.*?); "
-                            r"rewrite the set")
-
-
 class ShardError(PipelineError):
     """A shard listed in a manifest is missing or corrupt.
 
     The message names both the shard and the manifest that lists it, so the user knows which set to
-    rewrite (``bfn data shard``) or that ``on_corrupt="skip"`` is available.  Built either from the
-    three fields or (when re-raised from a DataLoader worker) from the message alone.
+    rewrite (``bfn data shard``) or that ``on_corrupt="skip"`` is available.  Raised with the three
+    fields, which stay readable as attributes.  Re-created from its message alone (as a DataLoader
+    worker's error is in the main process) it keeps only the message: the fields are then None.
     """
 
     def __init__(self, shard_url: str, manifest_url: str | None = None, reason: str | None = None):
-        if manifest_url is None and reason is None:  # one message: parse the fields back out of it
+        if manifest_url is None and reason is None:  # one message, e.g. re-raised from a DataLoader worker
             super().__init__(shard_url)
-            match = _SHARD_MESSAGE.match(str(self))
-            self.shard_url = match["shard"] if match else ""
-            self.manifest_url = match["manifest"] if match else ""
-            self.reason = match["reason"] if match else str(self)
+            self.shard_url = self.manifest_url = self.reason = None
             return
-        self.shard_url, self.manifest_url, self.reason = shard_url, manifest_url or "", reason or ""
+        self.shard_url, self.manifest_url, self.reason = shard_url, manifest_url, reason
         super().__init__(
             f"shard {shard_url} (listed in {manifest_url}) is unreadable: {reason}; "
             "rewrite the set with `bfn data shard`, or read with on_corrupt='skip' to skip it"
         )
 
     def __reduce__(self):
+        if self.shard_url is None:
+            return (type(self), (str(self),))
         return (type(self), (self.shard_url, self.manifest_url, self.reason))

@@ -18,10 +18,9 @@ import torch
 
 from bfn_core import LikelihoodAccumulator, LikelihoodTable, accumulate_likelihood, steps_label
 from pipelines.errors import PipelineError
-from pipelines.names import test_metric, test_se_metric
+from pipelines.seeds import derive_seed
+from pipelines.names import ENV_MLFLOW_TRACKING_URI, TAG_TEST_MANIFEST, TAG_TEST_SHA, test_metric, test_se_metric
 
-RUN_TAG_TEST_SHA = "bfn.eval.test_sha256"
-RUN_TAG_TEST_MANIFEST = "bfn.eval.test_manifest"
 DEVICES = ("auto", "cpu", "cuda")
 ProgressFn = Callable[[int], None]  # told of k more test examples evaluated
 
@@ -60,7 +59,7 @@ def _share(bfn, config: dict, manifest: str, steps, repeats: int, batch_size: in
                 yield x.to(device, non_blocking=True)
 
     bfn = bfn.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed * 1009 + rank)
+    generator = torch.Generator(device=device).manual_seed(derive_seed("evaluation-noise", seed, rank))
     return accumulate_likelihood(bfn, batches(), LikelihoodAccumulator(list(steps), n_repeats=repeats),
                                  generator=generator, progress=on_progress)
 
@@ -71,7 +70,7 @@ def _remote_share(model_ref: str, tracking_uri: str | None, manifest: str, steps
     import os
 
     if tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        os.environ[ENV_MLFLOW_TRACKING_URI] = tracking_uri
     from pipelines.model_store import load_model
     from pipelines.tracking import setup_mlflow
 
@@ -92,7 +91,7 @@ def _evaluate_on_ray(ref: str, uri: str | None, manifest: str, steps, repeats: i
 
     from pipelines.ray_runtime import init_ray
 
-    init_ray(env={"MLFLOW_TRACKING_URI": uri} if uri else None)
+    init_ray(env={ENV_MLFLOW_TRACKING_URI: uri} if uri else None)
     gpus = ray.cluster_resources().get("GPU", 0)
     if device == "cuda" and gpus < 1:
         raise PipelineError("--device cuda, but the Ray cluster has no GPUs: use --device cpu or auto")
@@ -128,20 +127,26 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
 
     `workers` > 0 splits the test set over that many Ray tasks; `on_start(total)` is told how many test
     examples there are before any is evaluated, `on_progress(k)` of k more evaluated."""
-    from pipelines.data.manifest import load_manifest
+    from pipelines.config import ExperimentConfig
     from pipelines.model_store import load_model
+    from pipelines.prepare import prepare
     from pipelines.tracking import setup_mlflow
-    from pipelines.train import manifest_digest
 
     if workers < 0:
         raise PipelineError(f"--workers must be >= 0, not {workers}")
     local_ckpt = Path(ref).is_dir()
     uri = None if local_ckpt else setup_mlflow()
     loaded = load_model(ref)
-    manifest = manifest or loaded.config["data"].get("test")
-    if not manifest:
+    cfg = ExperimentConfig.model_validate(loaded.config)
+    if manifest:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"test": manifest})})
+    if not cfg.data.test:
         raise PipelineError(f"no test data for {ref}: its config has no data.test; pass --data MANIFEST_URL")
-    info = load_manifest(manifest)
+    prep = prepare(cfg, splits=("test",), storage=False)
+    if prep.data_shape != tuple(loaded.data_shape):
+        raise PipelineError(f"the test data {prep.cfg.data.test} holds examples of shape {list(prep.data_shape)}, "
+                            f"the model {ref} takes {list(loaded.data_shape)}: pass the matching --data")
+    manifest, info = prep.cfg.data.test, prep.manifests["test"]
     unit = "char" if info.field.content == "text" else "dim"
     if on_start:
         on_start(info.num_samples)
@@ -157,7 +162,7 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
     table = acc.table(unit)
     outcome = EvalOutcome(table, loaded.run_id, manifest)
     if log and loaded.run_id:
-        outcome.artifacts = log_table(loaded.run_id, table, manifest, manifest_digest(manifest))
+        outcome.artifacts = log_table(loaded.run_id, table, manifest, prep.digests["test"])
     return outcome
 
 
@@ -181,8 +186,8 @@ def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str) -
                   test_se_metric(label, "mc"): r.bits_se_mc, test_se_metric(label, "mc", "nats"): r.nats_se_mc}
         metrics += [Metric(k, v, now, 0) for k, v in values.items() if v is not None]
     client.log_batch(run_id, metrics=metrics)
-    client.set_tag(run_id, RUN_TAG_TEST_SHA, digest)
-    client.set_tag(run_id, RUN_TAG_TEST_MANIFEST, manifest)
+    client.set_tag(run_id, TAG_TEST_SHA, digest)
+    client.set_tag(run_id, TAG_TEST_MANIFEST, manifest)
     data = dict(table.to_dict(), manifest=manifest, manifest_sha256=digest)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

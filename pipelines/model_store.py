@@ -11,9 +11,9 @@ import torch
 from bfn_core import BFN, make_bfn
 from pipelines.checkpoints import load_weights, read_config
 from pipelines.errors import PipelineError
+from pipelines.names import TAG_MODEL_ID, tag_model_id
 
 MODEL_NAMES = {"final": "model", "best": "best_model"}  # logged models' names within their run
-RUN_TAG_MODEL_ID = "bfn.model_id"  # the run's model: what a run id stands for in eval, sample, register
 
 
 @dataclass
@@ -57,9 +57,9 @@ def log_model(bfn: BFN, meta: dict, run_id: str, roles: tuple[str, ...] = ("fina
                 pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy", "safetensors", "mlflow"],
             )
             for role in roles:
-                mlflow.set_tag(f"{RUN_TAG_MODEL_ID}.{role}", info.model_id)
+                mlflow.set_tag(tag_model_id(role), info.model_id)
             if is_run_model:
-                mlflow.set_tag(RUN_TAG_MODEL_ID, info.model_id)
+                mlflow.set_tag(TAG_MODEL_ID, info.model_id)
     if before.end_time:  # leaving start_run() ends the run now: keep the record of when and how it ended
         client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_uri
@@ -89,7 +89,7 @@ def resolve_model_uri(ref: str) -> tuple[str, str | None]:
         run = client.get_run(run_id)
     except MlflowException:
         raise PipelineError(f"unknown run {run_id}: no such run in {mlflow.get_tracking_uri()} (find runs with `bfn runs list`)") from None
-    model_id = run.data.tags.get(RUN_TAG_MODEL_ID)
+    model_id = run.data.tags.get(TAG_MODEL_ID)
     if not model_id:
         raise PipelineError(f"run {run_id} has no logged model (status {run.info.status}): train it to the end or resume it with `bfn train --resume {run_id}`")
     return f"models:/{model_id}", run_id

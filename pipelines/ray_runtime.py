@@ -1,8 +1,9 @@
 """Starting or joining Ray, kept on loopback unless a remote cluster is named.
 
-Ray on Linux advertises the machine's network address even for a "local" cluster. With no
-RAY_ADDRESS (or a loopback one) we set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported,
-which makes Ray use 127.0.0.1, and we check every node's address before running anything.
+Ray on Linux advertises the machine's network address even for a "local" cluster. For a local Ray
+(no address, or a loopback one) `init_ray` sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and passes
+_node_ip_address=127.0.0.1, which keep every node on 127.0.0.1, and checks every node's address
+before running anything. Nothing happens at import: importing this module changes no setting.
 """
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import os
 from urllib.parse import urlparse
 
 from pipelines.errors import PipelineError
+from pipelines.names import ENV_RAY_ADDRESS, WORKER_ENV_VARS
 
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_SESSION_TOKEN", "BFN_HOME")
+LOCAL_RAY_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray's nodes use 127.0.0.1
 
 
 def _is_loopback_address(address: str) -> bool:
@@ -22,20 +23,16 @@ def _is_loopback_address(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-if _is_loopback_address(os.environ.get("RAY_ADDRESS", "")):
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-import ray  # noqa: E402  (after the loopback switch above)
-
-
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Settings the workers need (tracking server, object store, local state); values never logged."""
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env = {k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)}
     env.update(extra or {})
     return env
 
 
 def check_loopback_nodes(allow_remote: bool) -> None:
+    import ray
+
     addrs = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
     bad = [a for a in addrs if not a.startswith("127.")]
     if bad and not allow_remote:
@@ -45,9 +42,13 @@ def check_loopback_nodes(allow_remote: bool) -> None:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[str, str] | None = None) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), or start a local one in this process."""
+    address = address or os.environ.get(ENV_RAY_ADDRESS) or None
+    if _is_loopback_address(address or ""):
+        os.environ.setdefault(LOCAL_RAY_SWITCH, "0")
+    import ray
+
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": worker_env(env)}
     try:
         if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
@@ -59,7 +60,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
             # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
-            # _node_ip_address as well as the switch above: Ray may have been imported before this module
+            # _node_ip_address as well as the switch: Ray may have read its settings at an earlier import
             ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
                      log_to_driver=True, _node_ip_address="127.0.0.1")
     except ConnectionError as err:

@@ -19,11 +19,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bfn_core import LikelihoodAccumulator, accumulate_likelihood, make_bfn, steps_label
+from bfn_core import LikelihoodAccumulator, accumulate_likelihood, make_bfn
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from pipelines.config import ExperimentConfig
+from pipelines.names import (
+    CHECKPOINT_SCORE,
+    ENV_MLFLOW_TRACKING_URI,
+    LOSS,
+    RESUMED_FROM_STEP,
+    SAMPLES_PER_SECOND,
+    STEP,
+    val_metric,
+)
+from pipelines.seeds import derive_seed
 
-CHECKPOINT_SCORE = "checkpoint_score"  # the validation bound of a checkpoint's weights; +inf where not validated
 
 
 class MetricBuffer:
@@ -65,15 +74,14 @@ def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int,
     already seen: the data order is the one an uninterrupted run would have had."""
     from pipelines.data.reader import make_loader
 
-    epoch, skip = 0, start_step * cfg.accumulation_steps
+    loader, per_epoch = make_loader(cfg.data.train, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
+                                    num_workers=cfg.data.loader_workers, data_kind=cfg.data.kind,
+                                    num_classes=cfg.data.num_classes, seed=cfg.training.seed,
+                                    shuffle_buffer=cfg.data.shuffle_buffer, pin_memory=device.type == "cuda")
+    skip = start_step * cfg.accumulation_steps
+    epoch, skip = skip // per_epoch, skip % per_epoch  # straight to the checkpoint's epoch
     while True:
-        loader, per_epoch = make_loader(cfg.data.train, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
-                                        num_workers=cfg.data.loader_workers, data_kind=cfg.data.kind,
-                                        num_classes=cfg.data.num_classes, seed=cfg.training.seed, epoch=epoch,
-                                        shuffle_buffer=cfg.data.shuffle_buffer, pin_memory=device.type == "cuda")
-        if skip >= per_epoch > 0:
-            epoch, skip = skip // per_epoch, skip % per_epoch  # jump straight to the checkpoint's epoch
-            continue
+        loader.set_epoch(epoch)
         for i, batch in enumerate(loader):
             if i >= skip:
                 yield batch["x"].to(device, non_blocking=True)
@@ -100,18 +108,8 @@ def make_optimizer(bfn: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
 
 
-def _all_reduce(acc: LikelihoodAccumulator, device) -> LikelihoodAccumulator:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return acc
-    vec = torch.tensor(acc.to_vector(), dtype=torch.float64, device=device)
-    dist.all_reduce(vec)
-    return LikelihoodAccumulator.from_vector(acc.steps, acc.n_repeats, vec.tolist(), dims=acc.dims)
-
-
 @torch.no_grad()
-def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, device, dims: int) -> dict[str, float]:
+def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, device) -> dict[str, float]:
     """The bound on this rank's validation batches, reduced over ranks: val_bits_<n> (and val_nats_<n>),
     and the checkpoint score (the bound at the first of training.val_steps)."""
     from pipelines.data.reader import make_loader
@@ -130,13 +128,12 @@ def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, devic
             if len(x):
                 yield x.to(device)
 
-    # dims given, not learnt from the batches: a rank whose share is all padding sees none
-    acc = accumulate_likelihood(ema, batches(), LikelihoodAccumulator(steps, n_repeats=t.val_repeats, dims=dims))
-    table = _all_reduce(acc, device).table()
+    acc = accumulate_likelihood(ema, batches(), LikelihoodAccumulator(steps, n_repeats=t.val_repeats))
+    table = acc.all_reduce(device).table()
     out = {}
     for row in table.rows:
-        out[f"val_bits_{steps_label(row.steps)}"] = row.bits_per_dim
-        out[f"val_nats_{steps_label(row.steps)}"] = row.nats
+        out[val_metric(row.label)] = row.bits_per_dim
+        out[val_metric(row.label, "nats")] = row.nats
     out[CHECKPOINT_SCORE] = table.rows[0].bits_per_dim
     return out
 
@@ -160,14 +157,6 @@ def _log_samples(ema, cfg: ExperimentConfig, data_shape, step: int, run_id: str 
         MlflowClient().log_artifact(run_id, str(sample_pictures(ema, cfg, data_shape, step, Path(tmp))), "samples")
 
 
-def _maybe_fail(cfg: ExperimentConfig, step: int) -> None:
-    """Test-only switch: fail once at a given step (a marker file remembers that it happened)."""
-    t = cfg.training
-    if t.fail_at_step == step and t.fail_once_marker and not os.path.exists(t.fail_once_marker):
-        Path(t.fail_once_marker).write_text(f"failed at step {step}\n")
-        raise RuntimeError(f"injected failure at step {step} (training.fail_at_step)")
-
-
 def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], cfg: ExperimentConfig, step: int,
                       dims: int):
     """One AdamW step on the loss in nats per dimension over the micro-batches (gradients accumulated,
@@ -179,7 +168,7 @@ def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], c
     t = cfg.training
     for group in opt.param_groups:
         group["lr"] = cfg.optimizer.lr * lr_factor(step, cfg.optimizer.warmup_steps)
-    n_steps = cfg.loss.n_steps if cfg.loss.type == "discrete_time" else None
+    n_steps = cfg.loss.n_steps
     total = torch.zeros((), device=micro_batches[0].device)
     for i, x in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -206,7 +195,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = ExperimentConfig.model_validate(config["experiment"])
     data_shape = tuple(config["data_shape"])
     if config.get("tracking_uri"):
-        os.environ["MLFLOW_TRACKING_URI"] = config["tracking_uri"]
+        os.environ[ENV_MLFLOW_TRACKING_URI] = config["tracking_uri"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -221,11 +210,11 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             step = load_checkpoint(folder, model=bfn, ema=ema, optimizer=opt)
-    torch.manual_seed(cfg.training.seed * 7919 + rank + step)  # different noise per rank and per restart
+    torch.manual_seed(derive_seed("training-noise", cfg.training.seed, rank, step))  # per rank and per restart
     model = ray.train.torch.prepare_model(bfn)
     metrics = MetricBuffer(config.get("mlflow_run_id") if rank == 0 else None)
     if checkpoint is not None:
-        metrics.add(step, resumed_from_step=step)  # one point per restart: where training picked up
+        metrics.add(step, **{RESUMED_FROM_STEP: step})  # one point per restart: where training picked up
     dims = math.prod(data_shape)
     batches = train_batches(cfg, rank, world, step, device)
     saved_config = {"experiment": cfg.model_dump(mode="json"), "data_shape": list(data_shape),
@@ -235,17 +224,16 @@ def train_loop_per_worker(config: dict) -> None:
         micro = [next(batches) for _ in range(cfg.accumulation_steps)]
         loss, grad_norm = optimisation_step(model, bfn, ema, opt, micro, cfg, step, dims)
         step += 1
-        _maybe_fail(cfg, step)
         if step % t.log_every == 0 or step == t.steps:
             now = time.perf_counter()
             rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
             tick, tick_step = now, step
-            metrics.add(step, loss=loss.item(), loss_bits_per_dim=loss.item() / math.log(2), grad_norm=grad_norm.item(),
-                        lr=opt.param_groups[0]["lr"], samples_per_second=rate)
-        report = {"step": step, "loss": loss.item(), "samples_per_second": rate, CHECKPOINT_SCORE: math.inf}
+            metrics.add(step, **{LOSS: loss.item(), SAMPLES_PER_SECOND: rate}, loss_bits_per_dim=loss.item() / math.log(2),
+                        grad_norm=grad_norm.item(), lr=opt.param_groups[0]["lr"])
+        report = {STEP: step, LOSS: loss.item(), SAMPLES_PER_SECOND: rate, CHECKPOINT_SCORE: math.inf}
         validated = bool(cfg.data.val) and (step % t.val_every == 0 or step == t.steps)
         if validated:
-            val = validate(ema, cfg, rank, world, device, dims)
+            val = validate(ema, cfg, rank, world, device)
             report.update(val)
             metrics.add(step, **{k: v for k, v in val.items() if k != CHECKPOINT_SCORE})
             if rank == 0:

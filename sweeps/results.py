@@ -9,6 +9,7 @@ import pandas as pd
 import yaml
 
 from pipelines.pictures import save_figure
+from pipelines.names import STEP
 from sweeps.spec import EVAL_STEPS, LOSS_STEPS, SweepSpec, is_log_scale, step_count_value, trial_config
 from sweeps.trial import OBJECTIVE
 
@@ -116,8 +117,8 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         status_of = dict(zip(df["trial_id"], df["status"]))
         for trial_id, hist in histories.items():
-            if OBJECTIVE in hist and "step" in hist:
-                ax.plot(hist["step"], hist[OBJECTIVE], marker="o", ms=3, lw=1,
+            if OBJECTIVE in hist and STEP in hist:
+                ax.plot(hist[STEP], hist[OBJECTIVE], marker="o", ms=3, lw=1,
                         color=STATUS_COLOURS.get(status_of.get(trial_id), "k"))
         ax.set_xlabel("training step")
         ax.set_ylabel(metric)

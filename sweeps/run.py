@@ -15,18 +15,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+from ray import tune
 
-from pipelines.ray_runtime import init_ray  # first: it keeps a local Ray on loopback
 from pipelines.errors import PipelineError
+from pipelines.names import (
+    ENV_MLFLOW_TRACKING_URI,
+    STEP,
+    TAG_ERROR,
+    TAG_SWEEP,
+    TAG_SWEEP_BEST_RUN,
+    TAG_SWEEP_PARENT,
+    TAG_SWEEP_STATUS,
+    TAG_SWEEP_TRIAL,
+)
+from pipelines.ray_runtime import init_ray
 from sweeps.spec import SweepSpec, check_spec, flat_spec, objective_metric, tune_space
-from sweeps.trial import OBJECTIVE, TAG_PARENT, TAG_STATUS, TAG_SWEEP, TAG_TRIAL, find_trial_run, run_trial
+from sweeps.trial import OBJECTIVE, TAG_PARENT, find_trial_run, run_trial
 
-from ray import tune  # noqa: E402  (after pipelines.ray_runtime)
-
-TAG_SWEEP_PARENT = "bfn.sweep.parent"
-TAG_BEST_RUN = "bfn.sweep.best_run_id"
 # Tune saves its experiment state at most this often; a killed driver loses at most this much.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+TUNE_CHECKPOINT_PERIOD = ("TUNE_GLOBAL_CHECKPOINT_S", "2")
 
 
 @dataclass
@@ -84,11 +91,11 @@ class TrialStatusToMlflow(tune.Callback):
         run = find_trial_run(client, self.experiment_id, self.parent_run_id, trial.trial_id)
         if run is None:  # failed before its run existed
             return
-        if run.data.tags.get(TAG_STATUS) == status and run.info.status == mlflow_status:
+        if run.data.tags.get(TAG_SWEEP_STATUS) == status and run.info.status == mlflow_status:
             return  # already recorded (a trial replayed after a resume): keep its end time
-        client.set_tag(run.info.run_id, TAG_STATUS, status)
+        client.set_tag(run.info.run_id, TAG_SWEEP_STATUS, status)
         if error:
-            client.set_tag(run.info.run_id, "bfn.error", error[:4000])
+            client.set_tag(run.info.run_id, TAG_ERROR, error[:4000])
         client.set_terminated(run.info.run_id, status=mlflow_status)
         last = trial.last_result or {}
         value = last.get(OBJECTIVE)
@@ -96,7 +103,7 @@ class TrialStatusToMlflow(tune.Callback):
         self.say(f"trial {trial.trial_id} {status.replace('_', ' ')} at step {last.get('step', 0)}: objective {shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if (trial.last_result or {}).get("step", 0) >= self.max_steps:
+        if (trial.last_result or {}).get(STEP, 0) >= self.max_steps:
             self._mark(trial, "completed", "FINISHED")
         else:
             self._mark(trial, "stopped_early", "KILLED")
@@ -130,20 +137,20 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
               say: Callable[[str], None] = print) -> SweepOutcome:
     """Run a sweep to its end (or resume one) and write its table, plots, best config and best model."""
     import mlflow
-
-    from pipelines.tracking import bfn_home, ensure_experiment, setup_mlflow
-    from pipelines.train import absolute_urls, check_data, storage_location
-
-    base = absolute_urls(check_spec(spec))
-    data_shape = check_data(base)
-    uri = setup_mlflow()
-    init_ray(ray_address, env={"MLFLOW_TRACKING_URI": uri})
-    check_capacity(spec, base)
-
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from pipelines.prepare import prepare
+    from pipelines.tracking import bfn_home, ensure_experiment, setup_mlflow
+
+    os.environ.setdefault(*TUNE_CHECKPOINT_PERIOD)
+    prep = prepare(check_spec(spec))
+    base = prep.cfg
+    uri = setup_mlflow()
+    init_ray(ray_address, env={ENV_MLFLOW_TRACKING_URI: uri})
+    check_capacity(spec, base)
+
     name = resume or new_sweep_name(spec)
-    storage_path, fs = storage_location(base.storage.path)
+    storage_path, fs = prep.storage_path, prep.storage_filesystem
     experiment_path = f"{storage_path.rstrip('/')}/{name}"
     if resume and not tune.Tuner.can_restore(experiment_path, storage_filesystem=fs):
         raise PipelineError(f"no saved state for sweep {name} under {storage_path}: nothing to resume "
@@ -152,8 +159,8 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
     experiment_id = ensure_experiment(base.tracking.experiment)
     parent = _parent_run(client, experiment_id, spec, name, bool(resume))
     say(f"sweep {name}: MLflow parent run {parent}; resume with `bfn sweep {spec.source} --resume {name}`")
-    fixed = {"name": name, "base": base.model_dump(mode="json"), "data_shape": list(data_shape), "tracking_uri": uri,
-             "parent_run_id": parent, "experiment_id": experiment_id, "objective": spec.objective.metric}
+    fixed = {"name": name, "prepared": prep, "tracking_uri": uri, "parent_run_id": parent, "experiment_id": experiment_id,
+             "objective": spec.objective.metric}
     # The trial function only starts a TorchTrainer, whose workers hold the resources. The trial asks
     # for one byte of memory, not a CPU (Tune refuses an empty request), so `budget.concurrent`
     # trials fit wherever their workers fit.
@@ -178,7 +185,7 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
         outcome = _finish(spec, base, name, parent, grid, client, experiment_id, fs, say,
                           Path(bfn_home()) / "sweeps" / name)
     except BaseException as err:
-        client.set_tag(parent, "bfn.error", f"{type(err).__name__}: {err}"[:4000])
+        client.set_tag(parent, TAG_ERROR, f"{type(err).__name__}: {err}"[:4000])
         client.set_terminated(parent, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if isinstance(err, (KeyboardInterrupt, PipelineError)):
             raise
@@ -210,7 +217,7 @@ def _searcher(spec: SweepSpec, name: str):
 def _scheduler(spec: SweepSpec, base, asha_cls, fifo_cls):
     if not spec.asha.enabled:
         return fifo_cls()
-    return asha_cls(time_attr="step", max_t=base.training.steps, grace_period=spec.asha.grace_period,
+    return asha_cls(time_attr=STEP, max_t=base.training.steps, grace_period=spec.asha.grace_period,
                     reduction_factor=spec.asha.reduction_factor)
 
 
@@ -218,17 +225,17 @@ def _finish(spec, base, name, parent, grid, client, experiment_id, fs, say, out_
     """Results table, plots and best config (local and on the parent run); the best trial's model."""
     from ray.train import Checkpoint
 
-    from pipelines.train import log_final_model
+    from pipelines.train import log_run_models
     from sweeps.results import best_row, results_table, save_plots, save_table, trial_status, write_best_config
 
-    children = {r.data.tags.get(TAG_TRIAL): r.info.run_id for r in client.search_runs(
+    children = {r.data.tags.get(TAG_SWEEP_TRIAL): r.info.run_id for r in client.search_runs(
         [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'", max_results=10000)}
     rows, histories, checkpoints = [], {}, {}
     for result in grid:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         params = result.config or {}
-        last_step = metrics.get("step")
+        last_step = metrics.get(STEP)
         value = metrics.get(OBJECTIVE)
         rows.append({"trial_id": trial_id, "status": trial_status(result.error, last_step, base.training.steps),
                      "run_id": children.get(trial_id), **{f"param.{k}": params.get(k) for k in spec.space},
@@ -249,11 +256,11 @@ def _finish(spec, base, name, parent, grid, client, experiment_id, fs, say, out_
     if best is not None:
         best_config = write_best_config(base, best, spec, name, out_dir / "best_config.yaml")
         files.append(best_config)
-        client.set_tag(parent, TAG_BEST_RUN, str(best["run_id"]))
+        client.set_tag(parent, TAG_SWEEP_BEST_RUN, str(best["run_id"]))
         client.log_metric(parent, f"best_{best['metric']}", float(best["objective"]))
         path = checkpoints.get(best["trial_id"])
         if path and best["run_id"]:
-            model_uri, _ = log_final_model(Checkpoint(path, filesystem=fs), best["run_id"])
+            model_uri, _ = log_run_models(Checkpoint(path, filesystem=fs), best["run_id"])
     for status, count in table["status"].value_counts().items():
         client.log_metric(parent, f"trials_{status}", float(count))
     for f in files:

@@ -4,8 +4,8 @@ budget, ASHA and Optuna settings. Everything is checked here, before Ray or any 
 A search space maps a dotted config path (``flow.sigma_1``, ``optimizer.lr``, ``training.batch_size``)
 to a distribution, plus two keys that are not plain config fields:
 
-* ``loss.n_steps``: a choice of n for the discrete-time loss, where ``null`` means the continuous-time
-  loss (so one dimension covers "L^inf or L^n with n from a list");
+* ``loss.n_steps``: the config field itself: a choice of n for the discrete-time loss, where ``null``
+  means the continuous-time loss (so one dimension covers "L^inf or L^n with n from a list");
 * ``eval_steps``: a choice of the step count the objective is measured at; the objective metric names
   it as ``{eval_steps}`` (``val_bits_{eval_steps}`` -> ``val_bits_n10``, ``val_bits_inf``).
 """
@@ -15,12 +15,12 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bfn_core import steps_label
-from pipelines.config import ExperimentConfig, _flatten, apply_overrides, format_validation_error, parse_config
+from pipelines.config import ExperimentConfig, apply_overrides, flatten, format_validation_error, parse_config, read_yaml
 from pipelines.errors import PipelineError
+from pipelines.names import reported_metrics
 
 EVAL_STEPS = "eval_steps"
 LOSS_STEPS = "loss.n_steps"
@@ -105,9 +105,8 @@ class SweepSpec(_Strict):
             path = Path(self.source).parent / path
         if not path.is_file():
             raise PipelineError(f"sweep {self.source}: base config {path} does not exist")
-        sets = _flatten(self.set)  # dotted keys, or nested sections (as `--set set.training.steps=40` makes)
-        raw = apply_overrides(yaml.safe_load(path.read_text()) or {}, [f"{k}={_yaml(v)}" for k, v in sets.items()])
-        cfg = parse_config(raw, f"{path} (with the sweep's set:)")
+        sets = flatten(self.set)  # dotted keys, or nested sections (as `--set set.training.steps=40` makes)
+        cfg = parse_config(apply_overrides(read_yaml(path, "base config"), sets), f"{path} (with the sweep's set:)")
         # ASHA compares trials on the validation metric, so every report must carry it: validate
         # at every checkpoint report and only there.
         training = cfg.training.model_copy(update={"checkpoint_every": cfg.training.val_every})
@@ -139,44 +138,30 @@ def _join_space(space: dict, prefix: str = "") -> dict:
     return out
 
 
-def _yaml(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
 def trial_config(base: ExperimentConfig, sampled: dict[str, Any], source: str = "sweep") -> ExperimentConfig:
     """The experiment config of one trial: the base with the sampled values set."""
     raw = base.model_dump(mode="json")
-    sets = []
-    for key, value in sampled.items():
-        if key == EVAL_STEPS:
-            steps = raw["training"]["val_steps"]
-            raw["training"]["val_steps"] = steps + [value] if value not in steps else steps
-        elif key == LOSS_STEPS:
-            sets.append(f"loss.type={'continuous_time' if value is None else 'discrete_time'}")
-            sets.append(f"loss.n_steps={_yaml(value)}")
-        else:
-            sets.append(f"{key}={_yaml(value)}")
-    raw = apply_overrides(raw, sets)
+    values = dict(sampled)
+    if EVAL_STEPS in values:  # not a config field: the objective's step count must be validated at
+        value, steps = values.pop(EVAL_STEPS), raw["training"]["val_steps"]
+        raw["training"]["val_steps"] = steps + [value] if value not in steps else steps
+    raw = apply_overrides(raw, values)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
         raise PipelineError(format_validation_error(err, source)) from None
 
 
-def reported_metrics(cfg: ExperimentConfig) -> set[str]:
-    """Every metric name a trial's reports carry (see pipelines.train.train_loop_per_worker)."""
-    names = {"loss", "step", "samples_per_second"}
-    if cfg.data.val:
-        for n in cfg.training.val_steps:
-            names |= {f"val_bits_{steps_label(n)}", f"val_nats_{steps_label(n)}"}
-    return names
+def trial_metrics(cfg: ExperimentConfig) -> set[str]:
+    """Every metric name a trial's reports carry (pipelines.worker writes them with the same names)."""
+    return reported_metrics([steps_label(n) for n in cfg.training.val_steps] if cfg.data.val else [])
 
 
 def check_spec(spec: SweepSpec) -> ExperimentConfig:
     """All checks that need no cluster: every bound of the space makes a valid config, the objective
     is a metric the trainer reports, ASHA's grace period fits. Returns the base config."""
     base = spec.base_config()
-    known = set(base.flat()) | {EVAL_STEPS, LOSS_STEPS}
+    known = set(base.flat()) | {EVAL_STEPS}
     for key, dim in spec.space.items():
         top = key.split(".")[0]
         if key not in known and top not in ("model", "flow"):  # model.* and flow.* may be unset in the base
@@ -195,10 +180,10 @@ def check_spec(spec: SweepSpec) -> ExperimentConfig:
     for sampled in _corners(spec):
         cfg = trial_config(base, sampled, spec.source)
         metric = spec.metric_name(sampled)
-        if metric not in reported_metrics(cfg):
+        if metric not in trial_metrics(cfg):
             hint = "" if cfg.data.val else " (the base config has no data.val, so no validation metric is reported)"
             raise PipelineError(f"sweep {spec.source}: objective.metric {metric!r} is never reported by the trainer{hint}; "
-                                f"reported: {', '.join(sorted(reported_metrics(cfg)))}")
+                                f"reported: {', '.join(sorted(trial_metrics(cfg)))}")
     if spec.asha.enabled:
         if spec.asha.grace_period > base.training.steps:
             raise PipelineError(f"sweep {spec.source}: asha.grace_period={spec.asha.grace_period} exceeds training.steps="
@@ -217,15 +202,9 @@ def _corners(spec: SweepSpec):
         yield {k: v[i % len(v)] for k, v in choices.items()}
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"sweep spec {path} does not exist (examples: configs/sweeps/)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise PipelineError(f"sweep spec {path} is not valid YAML: {err}".splitlines()[0]) from None
-    raw = apply_overrides(raw, overrides or [])
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Read a sweep spec, apply overrides ({dotted path: value}), validate."""
+    raw = apply_overrides(read_yaml(path, "sweep spec"), overrides or {})
     try:
         return SweepSpec.model_validate({**raw, "source": str(path)})
     except ValidationError as err:

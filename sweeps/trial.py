@@ -6,14 +6,14 @@ checkpoint (same Ray Train run name and storage) instead of from step 0.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
-TAG_PARENT = "mlflow.parentRunId"
-TAG_SWEEP = "bfn.sweep"
-TAG_TRIAL = "bfn.sweep.trial_id"
-TAG_STATUS = "bfn.sweep.status"  # completed | stopped_early | failed | running
-OBJECTIVE = "objective"
+from pipelines.names import ENV_MLFLOW_TRACKING_URI, STEP, TAG_RAY_RUN_NAME, TAG_SWEEP, TAG_SWEEP_STATUS, TAG_SWEEP_TRIAL
+
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
+OBJECTIVE = "objective"  # the trial's objective under one name, for ASHA and Optuna
 
 
 def _objective_callback(metric: str):
@@ -31,7 +31,7 @@ def _objective_callback(metric: str):
 
 def find_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str):
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and "
-                              f"tags.`{TAG_TRIAL}` = '{trial_id}'", max_results=1)
+                              f"tags.`{TAG_SWEEP_TRIAL}` = '{trial_id}'", max_results=1)
     return runs[0] if runs else None
 
 
@@ -40,33 +40,33 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     import mlflow
     from ray import tune
 
-    from pipelines.config import ExperimentConfig
-    from pipelines.train import make_trainer, start_run, storage_location
+    from pipelines.prepare import Prepared
+    from pipelines.train import make_trainer, start_run
     from sweeps.spec import objective_metric, trial_config
 
     fixed, sampled = sweep, dict(config)
-    os.environ["MLFLOW_TRACKING_URI"] = fixed["tracking_uri"]
+    os.environ[ENV_MLFLOW_TRACKING_URI] = fixed["tracking_uri"]
     mlflow.set_tracking_uri(fixed["tracking_uri"])
     client = mlflow.MlflowClient()
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_config(ExperimentConfig.model_validate(fixed["base"]), sampled)
-    data_shape = tuple(fixed["data_shape"])
+    base: Prepared = fixed["prepared"]  # the base config, its data checked once by the driver
+    prep = dataclasses.replace(base, cfg=trial_config(base.cfg, sampled))
     existing = find_trial_run(client, fixed["experiment_id"], fixed["parent_run_id"], trial_id)
     if existing is None:
-        tags = {TAG_PARENT: fixed["parent_run_id"], TAG_SWEEP: fixed["name"], TAG_TRIAL: trial_id, TAG_STATUS: "running",
+        tags = {TAG_PARENT: fixed["parent_run_id"], TAG_SWEEP: fixed["name"], TAG_SWEEP_TRIAL: trial_id, TAG_SWEEP_STATUS: "running",
                 "mlflow.runName": f"{fixed['name']}-{trial_id}"}
-        run_id, ray_name = start_run(cfg, data_shape, storage_location(cfg.storage.path)[0], extra_tags=tags)
+        run_id, ray_name = start_run(prep, extra_tags=tags)
         for key, value in sampled.items():
             client.log_param(run_id, f"sampled.{key}", str(value))
-    elif existing.data.tags.get(TAG_STATUS) in ("completed", "stopped_early"):
+    elif existing.data.tags.get(TAG_SWEEP_STATUS) in ("completed", "stopped_early"):
         # The driver died after this trial ended but before Tune saved that: report its result again
         # instead of training it again.
         _replay(client, existing, objective_metric(fixed["objective"], sampled))
         return
     else:  # restarted by a resumed sweep: continue the same run from its checkpoint
-        run_id, ray_name = existing.info.run_id, existing.data.tags["bfn.ray_run_name"]
+        run_id, ray_name = existing.info.run_id, existing.data.tags[TAG_RAY_RUN_NAME]
         client.update_run(run_id, status="RUNNING")
-    trainer = make_trainer(cfg, data_shape, run_id=run_id, tracking_uri=fixed["tracking_uri"], name=ray_name,
+    trainer = make_trainer(prep, run_id=run_id, tracking_uri=fixed["tracking_uri"], name=ray_name,
                            callbacks=[_objective_callback(objective_metric(fixed["objective"], sampled))])
     trainer.fit()
 
@@ -77,4 +77,4 @@ def _replay(client, run, metric: str) -> None:
     history = client.get_metric_history(run.info.run_id, metric)
     if history:
         last = max(history, key=lambda m: m.step)
-        tune.report({"step": last.step, metric: last.value, OBJECTIVE: last.value})
+        tune.report({STEP: last.step, metric: last.value, OBJECTIVE: last.value})

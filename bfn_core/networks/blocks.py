@@ -4,6 +4,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from bfn_core.errors import BfnError
+
 
 def group_norm(ch: int, groups: int | None = None) -> nn.GroupNorm:
     """GroupNorm over ch channels: `groups` groups, or min(32, ch // 4) (1 for tiny widths) by default."""
@@ -52,7 +54,8 @@ class SpatialAttention(nn.Module):
     def __init__(self, ch: int, heads: int = 1, groups: int | None = None):
         super().__init__()
         if ch % heads:
-            raise ValueError(f"attention over {ch} channels cannot be split into {heads} heads")
+            raise BfnError(f"attention over {ch} channels cannot be split into {heads} heads: "
+                           "pick a channel count that heads divides")
         self.heads = heads
         self.norm = group_norm(ch, groups)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)

@@ -13,7 +13,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from bfn_core._checks import check_choice
+from bfn_core.errors import BfnError
 from bfn_core.networks.embeddings import sinusoidal_positions
+
+POSITIONS = ("learned", "sinusoidal")
 
 
 class SelfAttention(nn.Module):
@@ -22,7 +26,7 @@ class SelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float, bias: bool):
         super().__init__()
         if width % heads:
-            raise ValueError(f"width {width} cannot be split into {heads} heads")
+            raise BfnError(f"width {width} cannot be split into {heads} heads: pick a width that heads divides")
         self.heads, self.p = heads, dropout
         self.qkv = nn.Linear(width, 3 * width, bias=bias)
         self.proj = nn.Linear(width, width, bias=bias)
@@ -76,12 +80,10 @@ class Transformer(nn.Module):
         super().__init__()
         self.skip = skip
         self.inp = nn.Linear(in_channels, width)
-        if positions == "learned":
+        if check_choice(positions, POSITIONS, "positions") == "learned":
             self.pos = nn.Parameter(torch.zeros(1, seq_len, width))
-        elif positions == "sinusoidal":
-            self.register_buffer("pos", sinusoidal_positions(seq_len, width).unsqueeze(0), persistent=False)
         else:
-            raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {positions!r}")
+            self.register_buffer("pos", sinusoidal_positions(seq_len, width).unsqueeze(0), persistent=False)
         self.time = nn.Linear(1, width)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(width, heads, dropout, bias) for _ in range(depth))

@@ -2,8 +2,10 @@
 
 Modules: ``sources`` (the data sets and their canonical downloads), ``writer`` (shards + manifest),
 ``manifest`` (the format), ``reader`` (one reader for training and evaluation, equal batch counts
-on every rank), ``transforms`` (stored values -> bfn_core's conventions), ``storage`` (paths,
-file:// and s3:// URLs), ``localserver`` (a loopback S3-compatible server for tests and benchmarks).
+on every rank; ``epoch_plan`` shares an epoch out, ``shard_blocks`` reads the bytes),
+``transforms`` (stored values -> bfn_core's conventions; ``text`` for symbol ids), ``storage``
+(paths, file:// and s3:// URLs, checkpoint locations; ``urls`` parses them, ``s3`` holds the one S3
+configuration), ``localserver`` (a loopback S3-compatible server for tests and benchmarks).
 
 Names are imported lazily: ``import pipelines.data.sources`` must not pay for torch and webdataset.
 """
@@ -18,8 +20,7 @@ _EXPORTS = {
     "write_shards": "writer",
     "Manifest": "manifest", "ShardInfo": "manifest", "load_manifest": "manifest",
     "FieldSpec": "schema", "ReadSpec": "schema",
-    "make_transform": "transforms", "bin_centres": "transforms", "encode_text": "transforms",
-    "decode_text": "transforms", "TEXT8_ALPHABET": "transforms",
+    "make_transform": "transforms", "encode_text": "text", "decode_text": "text", "TEXT8_ALPHABET": "text",
     "SOURCES": "sources", "get_source": "sources", "DatasetSource": "sources", "ArraySource": "sources",
 }
 

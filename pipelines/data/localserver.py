@@ -43,7 +43,7 @@ class LocalS3Server:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment variables that point boto3 (and so pipelines.data.storage) at this server."""
+        """Environment variables that point pipelines.data.s3 (boto3 for shards, pyarrow for checkpoints) at this server."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint_url,
             **TEST_CREDENTIALS,

@@ -82,6 +82,14 @@ class Manifest:
         """The sample field ``x`` (every set written here has exactly this one)."""
         return self.schema["x"]
 
+    @property
+    def bits_unit(self) -> str:
+        """What a likelihood in bits is per: "char" for text (bits/char), else "dim" (bits/dim).
+
+        Decided by the stored content, not the data set's name, so any text set reports bits/char.
+        """
+        return "char" if self.field.content == "text" else "dim"
+
     def shard_url(self, shard: ShardInfo | int) -> str:
         info = self.shards[shard] if isinstance(shard, int) else shard
         return storage.join(storage.parent(self.url), info.name)

@@ -20,7 +20,7 @@ import numpy as np
 from pipelines.data.download import LocalFile, RemoteFile, locate
 from pipelines.data.schema import FieldSpec, ReadSpec
 from pipelines.data.source import VAL_SPLIT, DatasetSource, Holdout, SourceSplit
-from pipelines.data.transforms import TEXT8_ALPHABET, encode_text
+from pipelines.data.text import TEXT8_ALPHABET, encode_text
 from pipelines.errors import PipelineError
 
 VAL_FRACTION = 0.01  # of the training images held out for validation (the reference's val_frac)

@@ -1,38 +1,14 @@
 """Read shard sets for distributed training and evaluation: one reader for both.
 
-How an epoch is shared out (and why every rank yields the same number of batches)
---------------------------------------------------------------------------------
-Call a *slot* one DataLoader worker of one rank: there are S = world_size x max(num_workers, 1)
-slots, and slot ``rank * workers + worker`` is the one running.  For each epoch:
-
-1. Every slot computes the same shard order from (seed, epoch) alone (the manifest order when
-   ``shuffle=False``) and lays the shards' samples end to end: N positions, N from the manifest.
-2. The N positions are cut into S contiguous ranges whose sizes differ by at most one (the first
-   N mod S ranges get one more).  A slot reads only the shards that overlap its range, skipping
-   into the first and stopping early in the last, so every sample belongs to exactly one slot.
-3. Every slot yields exactly M = ceil(N / S) samples: a slot whose range is one short repeats its
-   first sample once, marked ``pad=True``.  At most S - 1 samples per epoch are padding, and none
-   when S divides N.  (If N < S, a slot with an empty range pads with sample ``slot mod N``.)
-4. So each rank yields workers x M samples, and with batch size B its DataLoader yields
-   workers x ceil(M / B) batches (workers x floor(M / B) with ``drop_last``): the same number on
-   every rank, computed from the manifest before reading anything, so DDP never waits on a rank
-   that ran dry.  ``make_loader`` returns that number.
-5. Corrupt or missing shards skipped with ``on_corrupt="skip"`` do not change the count either:
-   the slot fills up to M by cycling through its readable samples again (marked ``pad=True``).
-
+Every DataLoader worker of every rank yields the same number of samples per epoch, computed from
+the manifest before anything is read (epoch_plan.py says how), so every rank yields the same
+number of batches and DDP never waits on a rank that ran dry; ``make_loader`` returns that number.
 Training may ignore ``pad`` (a repeated sample is harmless); evaluation must mask padded samples
-so that each sample counts exactly once: ``batch["pad"]`` is a bool tensor (B,).  A shard on the
-boundary of two ranges is read by both slots, each only its own part.  Shuffling mixes within a
-slot's range (shard order per epoch, then a shuffle buffer), so use many more shards than slots.
+so that each sample counts exactly once: ``batch["pad"]`` is a bool tensor (B,).
 
-Reading
--------
-Shards in the fixed record layout the writer produces (``manifest.layout``, see tarlayout.py) are
-read in blocks of about 1 MiB: a seek locally or one ranged GET on S3 per piece, all headers of a
-block checked at once, the read-time transform applied to the whole block.  Anything else (or a
-block that fails the checks) goes through webdataset's member-by-member tar iterator, which also
-gives the precise diagnosis of a corrupt shard.  ``verify_sha256`` fetches each shard whole and
-checks it against the manifest first.  Stored values outside 0..K-1 count as corruption too.
+Samples are read in blocks (shard_blocks.py) and the read-time transform (transforms.py) runs on
+whole blocks.  A missing or corrupt shard raises ShardError naming it and its manifest, or with
+``on_corrupt="skip"`` is skipped, warned about and counted, without changing the batch count.
 
 Randomness: the shard order depends on (seed, epoch); the shuffle buffer and dynamic binarisation
 of a slot on (seed, epoch, slot).  The same seed, epoch, world size and worker count give the same
@@ -40,14 +16,8 @@ samples in the same order with the same binarised pixels.  Call ``set_epoch`` be
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import multiprocessing
-import random
-import tarfile
 import warnings
-from contextlib import closing
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -55,95 +25,27 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipelines.data import storage
+from pipelines.data.epoch_plan import (
+    Piece,
+    SlotPlan,
+    samples_per_slot,
+    shard_order,
+    shuffle_buffer_rng,
+    shuffled,
+    slot_plan,
+    transform_rng,
+)
 from pipelines.data.manifest import Manifest, load_manifest
-from pipelines.data.tarlayout import LayoutError, parse_records, record_bytes
+from pipelines.data.shard_blocks import UNREADABLE_SHARD_ERRORS, Block, BlockReader, unreadable_reason
 from pipelines.data.transforms import Transform, make_transform
 from pipelines.errors import PipelineError, ShardError, StorageError
 
 ON_CORRUPT = ("raise", "skip")
-READ_BLOCK_BYTES = 1 << 20  # samples are read, checked and transformed in blocks of about this size
 DEFAULT_SHUFFLE_BUFFER = 1000
 
 
 class ShardSkippedWarning(UserWarning):
     """A missing or corrupt shard was skipped (``on_corrupt="skip"``)."""
-
-
-class _Corrupt(Exception):
-    pass
-
-
-# ------------------------------------------------------------------------------------ epoch plan
-
-@dataclass(frozen=True)
-class Piece:
-    """Read ``take`` samples of shard ``shard`` after skipping its first ``skip``."""
-
-    shard: int
-    skip: int
-    take: int
-
-
-@dataclass(frozen=True)
-class SlotPlan:
-    pieces: tuple[Piece, ...]
-    own: int  # samples of this slot's range
-    per_slot: int  # M: what every slot yields
-    pad_pieces: tuple[Piece, ...]  # where padding comes from when the range is empty
-
-
-def shard_order(num_shards: int, *, seed: int, epoch: int, shuffle: bool) -> list[int]:
-    """The epoch's shard order, identical on every rank and worker."""
-    if not shuffle:
-        return list(range(num_shards))
-    return [int(i) for i in np.random.default_rng([int(seed), int(epoch), 0x0D3]).permutation(num_shards)]
-
-
-def _pieces(counts: list[int], order: list[int], start: int, stop: int) -> list[Piece]:
-    pieces, pos = [], 0
-    for shard in order:
-        n = counts[shard]
-        lo, hi = max(start, pos), min(stop, pos + n)
-        if lo < hi:
-            pieces.append(Piece(shard, lo - pos, hi - lo))
-        pos += n
-        if pos >= stop:
-            break
-    return pieces
-
-
-def slot_plan(counts: list[int], order: list[int], *, slots: int, slot: int) -> SlotPlan:
-    """Which samples slot ``slot`` of ``slots`` reads this epoch (see the module docstring)."""
-    total = sum(counts)
-    if total == 0:
-        raise PipelineError("the manifest lists no samples")
-    base, extra = divmod(total, slots)
-    size = base + (1 if slot < extra else 0)
-    start = slot * base + min(slot, extra)
-    per_slot = base + (1 if extra else 0)
-    pad_pieces: list[Piece] = []
-    if size == 0:
-        where = slot % total
-        pad_pieces = _pieces(counts, order, where, where + 1)
-    return SlotPlan(tuple(_pieces(counts, order, start, start + size)), size, per_slot, tuple(pad_pieces))
-
-
-def _seed_int(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0])
-
-
-def _shuffled(items: Iterator[Any], size: int, rnd: random.Random) -> Iterator[Any]:
-    """A shuffle buffer: fill ``size`` items, then emit a random one per item read; drain at the end."""
-    buf: list[Any] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rnd.randrange(size)
-        out, buf[i] = buf[i], item
-        yield out
-    rnd.shuffle(buf)
-    yield from buf
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -165,15 +67,7 @@ class ShardDataset(IterableDataset):
         self.seed, self.epoch = seed, epoch
         self.verify_sha256, self.on_corrupt = verify_sha256, on_corrupt
         self._counts = [s.num_samples for s in manifest.shards]
-        self._field = manifest.field
-        self._member = self._field.member("x")
-        # grey levels and classes must lie in 0..K-1: a flipped byte beyond it would index out of range
-        integer = np.dtype(self._field.dtype).kind in "iu"
-        self._limit = self._field.num_classes if integer and self._field.num_classes else None
-        layout = manifest.layout or {}
-        fixed = layout.get("tar") == "ustar" and layout.get("record_bytes") == record_bytes(self._field.nbytes)
-        self._record = int(layout["record_bytes"]) if fixed else None
-        self._key_chars = int(layout.get("key_chars", 0))
+        self._reader = BlockReader(manifest, verify_sha256=verify_sha256)
         self._skipped = self._new_skip_flags()
 
     # -- what every rank can know in advance
@@ -185,15 +79,10 @@ class ShardDataset(IterableDataset):
 
     def samples_per_worker(self, num_workers: int) -> int:
         """M: the samples every DataLoader worker of every rank yields per epoch."""
-        slots = self.world_size * max(num_workers, 1)
-        return -(-self.num_samples // slots)
+        return samples_per_slot(self.num_samples, self.world_size * max(num_workers, 1))
 
     def samples_per_rank(self, num_workers: int) -> int:
         return max(num_workers, 1) * self.samples_per_worker(num_workers)
-
-    def padded_per_epoch(self, num_workers: int) -> int:
-        """Samples marked ``pad`` per epoch over all ranks (when no shard is skipped)."""
-        return self.world_size * self.samples_per_rank(num_workers) - self.num_samples
 
     def batches_per_rank(self, batch_size: int, num_workers: int, drop_last: bool) -> int:
         m = self.samples_per_worker(num_workers)
@@ -242,10 +131,9 @@ class ShardDataset(IterableDataset):
         slots, slot = self._slot()
         order = shard_order(len(self._counts), seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
         plan = slot_plan(self._counts, order, slots=slots, slot=slot)
-        rng = np.random.default_rng([int(self.seed), int(self.epoch), slot, 0xB1])
-        samples = self._samples(plan, rng)
+        samples = self._samples(plan, transform_rng(self.seed, self.epoch, slot))
         if self.shuffle and self.shuffle_buffer > 1:
-            samples = _shuffled(samples, self.shuffle_buffer, random.Random(_seed_int(self.seed, self.epoch, slot, 0x5F)))
+            samples = shuffled(samples, self.shuffle_buffer, shuffle_buffer_rng(self.seed, self.epoch, slot))
         for key, x, pad in samples:
             yield {"__key__": key, "x": torch.from_numpy(x), "pad": pad}
 
@@ -290,112 +178,33 @@ class ShardDataset(IterableDataset):
             if got == 0:  # nothing readable at all: schema-shaped zeros keep the batch count equal
                 warnings.warn(f"no readable samples for padding in {self.manifest.url}; yielding {need} zero "
                               "samples marked pad=True", ShardSkippedWarning, stacklevel=2)
-                zero = self.transform(np.zeros((need, *self._field.shape), dtype=self._field.dtype), rng)
+                field = self.manifest.field
+                zero = self.transform(np.zeros((need, *field.shape), dtype=field.dtype), rng)
                 for i in range(need):
                     yield "__zero__", zero[i].copy(), True
                 return
 
     # -- reading one piece of one shard
 
-    def _blocks(self, piece: Piece, bad: set[int], report: bool = True) -> Iterator[tuple[list[str], np.ndarray]]:
+    def _blocks(self, piece: Piece, bad: set[int], report: bool = True) -> Iterator[Block]:
         """The piece's stored samples as (keys, array (m, *shape)) blocks.
 
         A missing or corrupt shard raises ShardError naming it and the manifest, or with
         ``on_corrupt="skip"`` is skipped (warned about and counted once, unless ``report`` is off).
         """
-        info = self.manifest.shards[piece.shard]
-        url = self.manifest.shard_url(info)
         try:
-            for keys, raw in self._piece_blocks(url, info, piece):
-                block = raw.view(self._field.dtype).reshape(len(keys), *self._field.shape)
-                if self._limit is not None and block.size and block.max() >= self._limit:
-                    row = int(np.argmax(block.reshape(len(keys), -1).max(axis=1) >= self._limit))
-                    raise _Corrupt(f"sample {keys[row]!r} holds {int(block[row].max())}, outside 0..{self._limit - 1}")
-                yield keys, block
+            yield from self._reader.blocks(piece)
         except StorageError:
             raise  # an unreachable endpoint or bad credentials are not a corrupt shard
-        except (FileNotFoundError, _Corrupt, tarfile.TarError, ValueError, KeyError, EOFError, OSError) as err:
-            reason = "it is missing" if isinstance(err, FileNotFoundError) else _reason(err)
+        except UNREADABLE_SHARD_ERRORS as err:
+            url = self.manifest.shard_url(piece.shard)
+            reason = unreadable_reason(err)
             bad.add(piece.shard)
             if self.on_corrupt == "raise":
                 raise ShardError(url, self.manifest.url, reason) from None
             if report:
                 self._skipped[piece.shard] = 1
                 warnings.warn(f"skipping shard {url} of {self.manifest.url}: {reason}", ShardSkippedWarning, stacklevel=2)
-
-    def _piece_blocks(self, url: str, info, piece: Piece) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Raw (keys, uint8 (m, member bytes)) blocks: the fixed-layout fast path when the manifest
-        promises it, falling back to webdataset's general tar iterator from wherever it stopped."""
-        data = None
-        if self.verify_sha256:
-            data = storage.read_bytes(url)
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != info.sha256:
-                raise _Corrupt(f"sha256 {digest} differs from the manifest's {info.sha256}")
-        done = 0
-        if self._record is not None:
-            try:
-                for keys, raw in self._fixed_blocks(url, piece, data):
-                    yield keys, raw
-                    done += len(keys)
-                return
-            except LayoutError:
-                pass  # not the promised layout here: let the general reader read it or say what is wrong
-        rest = Piece(piece.shard, piece.skip + done, piece.take - done)
-        yield from self._general_blocks(url, info, rest, data)
-
-    def _fixed_blocks(self, url: str, piece: Piece, data: bytes | None) -> Iterator[tuple[list[str], np.ndarray]]:
-        record = self._record
-        per_block = max(1, min(piece.take, READ_BLOCK_BYTES // record))
-        start, length = piece.skip * record, piece.take * record
-        stream = io.BytesIO(data[start:start + length]) if data is not None else storage.open_range(url, start, length)
-        with closing(stream):
-            left = piece.take
-            while left > 0:
-                m = min(per_block, left)
-                buf = stream.read(m * record)
-                yield parse_records(buf, count=m, member_bytes=self._field.nbytes, suffix=self._member,
-                                    key_chars=self._key_chars)
-                left -= m
-
-    def _general_blocks(self, url: str, info, piece: Piece, data: bytes | None) -> Iterator[tuple[list[str], np.ndarray]]:
-        """Any webdataset tar, member by member through webdataset's iterators (``tarfile``)."""
-        from webdataset.tariterators import group_by_keys, tar_file_expander
-
-        end = piece.skip + piece.take
-        per_block = max(1, READ_BLOCK_BYTES // max(self._field.nbytes, 1))
-        keys: list[str] = []
-        rows: list[np.ndarray] = []
-        stream = io.BytesIO(data) if data is not None else storage.open_read(url)
-        with closing(stream):
-            n = 0
-            for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-                if n >= piece.skip:
-                    payload = sample.get(self._member)
-                    if payload is None:
-                        raise _Corrupt(f"sample {sample.get('__key__')!r} has no member {self._member!r}")
-                    if len(payload) != self._field.nbytes:
-                        raise _Corrupt(f"sample {sample['__key__']!r} has {len(payload)} bytes, the schema "
-                                       f"says {self._field.nbytes}")
-                    keys.append(sample["__key__"])
-                    rows.append(np.frombuffer(payload, dtype=np.uint8))
-                    if len(keys) == per_block:
-                        yield keys, np.stack(rows)
-                        keys, rows = [], []
-                n += 1
-                if n >= end:
-                    break
-            if keys:
-                yield keys, np.stack(rows)
-            if n < end:
-                raise _Corrupt(f"it holds {n} samples, the manifest lists {info.num_samples}")
-
-
-def _reason(err: BaseException) -> str:
-    """A short reason, without the stream objects webdataset appends to exception args."""
-    text = str(err.args[0]) if err.args else type(err).__name__
-    text = text.split(" @ <", 1)[0]
-    return text if isinstance(err, _Corrupt) else f"{type(err).__name__}: {text}"
 
 
 def shard_dataset(manifest_url: str | Manifest, *, rank: int, world_size: int, data_kind: str | None = None,

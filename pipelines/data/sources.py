@@ -18,6 +18,7 @@ from pipelines.data.paper_sets import CIFAR10, MNIST, Text8, grey_levels_field
 from pipelines.data.schema import FieldSpec, ReadSpec
 from pipelines.data.source import VAL_SPLIT, DatasetSource, Holdout, SourceSplit
 from pipelines.errors import PipelineError
+from pipelines.seeds import numpy_rng
 
 __all__ = ["SOURCES", "get_source", "DatasetSource", "SourceSplit", "MNIST", "CIFAR10", "Text8", "Digits",
            "GaussianMixture2D", "MarkovSequences", "ArraySource"]
@@ -68,7 +69,7 @@ SYNTHETIC_SPLITS = ("train", VAL_SPLIT, "test")
 
 
 def _split_rng(seed: int, split: str) -> np.random.Generator:
-    return np.random.default_rng([int(seed), SYNTHETIC_STREAMS[split], 0xB7A])
+    return numpy_rng("synthetic-split", seed, SYNTHETIC_STREAMS[split])
 
 
 class GaussianMixture2D(DatasetSource):

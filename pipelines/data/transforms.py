@@ -11,27 +11,19 @@ dynamic binarisation draws fresh Bernoulli pixels every time a sample is read (a
 rather than freezing one draw into the shards.
 
 Transforms work on numpy arrays per sample with precomputed lookup tables: one fancy-index per
-sample, no per-pixel arithmetic, so the reader keeps up with the raw tar rate.  They are small
-classes rather than lambdas so they pickle into DataLoader workers started with "spawn".
+sample, no per-pixel arithmetic, so the reader keeps up with the raw tar rate.  Bin centres and bin
+indices come from bfn_core itself (turned into numpy tables once per transform), so the data lands
+exactly on the values the model's discretised distributions use.  Transforms are small classes
+rather than lambdas so they pickle into DataLoader workers started with "spawn".
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from bfn_core import bin_centres, bin_index
 from pipelines.data.schema import DATA_KINDS, FieldSpec, ReadSpec
 from pipelines.errors import UnsupportedReadError
-
-TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"  # id 0 is the space, then a..z = 1..26
-
-
-def bin_centres(num_bins: int) -> np.ndarray:
-    """(2k + 1) / K - 1 for k = 0..K-1, float32: bfn_core.bin_centres in numpy."""
-    return ((2.0 * np.arange(num_bins, dtype=np.float64) + 1.0) / num_bins - 1.0).astype(np.float32)
-
-
-def bin_index(x: np.ndarray, num_bins: int) -> np.ndarray:
-    """The bin of [-1, 1] cut into K equal bins that holds each value (inverse of bin_centres)."""
-    return np.clip(np.floor((np.asarray(x, dtype=np.float64) + 1.0) * (num_bins / 2.0)), 0, num_bins - 1).astype(np.int64)
 
 
 def rebin_levels(levels: int, num_bins: int) -> np.ndarray:
@@ -41,25 +33,6 @@ def rebin_levels(levels: int, num_bins: int) -> np.ndarray:
     """
     v = np.arange(levels, dtype=np.int64)
     return np.minimum(((2 * v + 1) * num_bins) // (2 * levels), num_bins - 1)
-
-
-def encode_text(text: str | bytes, alphabet: str = TEXT8_ALPHABET) -> np.ndarray:
-    """Characters -> uint8 ids (space = 0, a..z = 1..26 for text8); other characters raise ValueError."""
-    raw = text.encode("ascii", errors="strict") if isinstance(text, str) else bytes(text)
-    table = np.full(256, 255, dtype=np.uint8)
-    for i, ch in enumerate(alphabet):
-        table[ord(ch)] = i
-    ids = table[np.frombuffer(raw, dtype=np.uint8)]
-    bad = np.flatnonzero(ids == 255)
-    if bad.size:
-        ch = chr(raw[bad[0]])
-        raise ValueError(f"character {ch!r} at position {int(bad[0])} is not in the alphabet {alphabet!r}")
-    return ids
-
-
-def decode_text(ids: np.ndarray, alphabet: str = TEXT8_ALPHABET) -> str:
-    """uint8/int64 ids -> characters (inverse of encode_text)."""
-    return "".join(alphabet[int(i)] for i in np.asarray(ids).reshape(-1))
 
 
 class Transform:
@@ -128,10 +101,11 @@ class QuantiseTransform(Transform):
 
     def __init__(self, spec: ReadSpec, description: str):
         super().__init__(spec, description)
-        self.centres = bin_centres(spec.num_classes)
+        self.centres = bin_centres(spec.num_classes).numpy()
 
     def __call__(self, raw, rng=None):
-        return self.centres[bin_index(raw, self.spec.num_classes)]
+        # torch.tensor copies: stored blocks are read-only views of the shard's bytes
+        return self.centres[bin_index(torch.tensor(raw), self.spec.num_classes).numpy()]
 
 
 class RandomWindowTransform(Transform):
@@ -207,9 +181,9 @@ def _value_transform(stored: FieldSpec, data_kind: str | None, num_classes: int 
     if stored.data_kind == "discretised":  # L grey levels 0..L-1
         levels = int(stored.num_classes)
         if kind == "continuous" and k is None:
-            return LookupTransform(spec, bin_centres(levels), f"{levels} levels -> their bin centres")
+            return LookupTransform(spec, bin_centres(levels).numpy(), f"{levels} levels -> their bin centres")
         if kind in ("continuous", "discretised"):
-            table = bin_centres(k)[rebin_levels(levels, k)]
+            table = bin_centres(k).numpy()[rebin_levels(levels, k)]
             what = "bin centres" if k == levels else f"rebinned to {k} bins"
             return LookupTransform(spec, table, f"{levels} levels -> {what}")
         if k == 2:

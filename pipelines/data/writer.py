@@ -23,14 +23,13 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Callable
 
-import numpy as np
-
 from pipelines.data import storage
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, write_manifest
 from pipelines.data.source import DatasetSource
 from pipelines.data.sources import get_source
 from pipelines.data.tarlayout import record_bytes
 from pipelines.errors import PipelineError
+from pipelines.seeds import numpy_rng
 
 DEFAULT_SHARD_SIZE = 1000
 ShardProgressFn = Callable[[int, int, str], None]  # (samples written, samples in total, current shard)
@@ -91,7 +90,7 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
 
     loaded = source.load(split, source_dir=source_dir, seed=seed, on_progress=on_download)
     data, field = loaded.data, loaded.field
-    order = np.random.default_rng([int(seed), 0x5A4D]).permutation(len(data))
+    order = numpy_rng("shard-write-order", seed).permutation(len(data))
     if limit is not None:
         order = order[:limit]
     total = len(order)

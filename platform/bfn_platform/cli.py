@@ -40,11 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from pipelines.errors import PipelineError
-
     try:
         result = args.func(args)
-    except (BfnError, PipelineError, ValueError) as err:
+    except BfnError as err:  # the one boundary where a user's mistake becomes one line
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)

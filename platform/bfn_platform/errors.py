@@ -1,5 +1,7 @@
-"""The one error type the command line shows as a single line (no traceback unless --debug)."""
+"""The command line's user-facing errors: bfn_core's BfnError, the project's one root of them.
 
+The CLI (cli.main) is the one boundary that turns a BfnError into one line `error: ...`.
+"""
+from bfn_core.errors import BfnError
 
-class BfnError(Exception):
-    """A user-facing failure: the message names the problem and what to do about it."""
+__all__ = ["BfnError"]

@@ -10,7 +10,8 @@ import os
 import uuid
 from pathlib import Path
 
-from bfn_platform import settings as S
+
+from pipelines import names as N
 from bfn_platform.errors import BfnError
 
 # What a job's working_dir leaves out: local state, environments, VCS data, data sets, build
@@ -24,7 +25,7 @@ WORKING_DIR_EXCLUDES = [
 LARGE_FILE_BYTES = 5 * 1024 * 1024  # anything bigger is left out too (Ray's working_dir limit is ~500 MiB)
 # Forwarded to the job (when set in the submitting shell): the MLflow and S3 settings and local state.
 # Never RAY_ADDRESS or RAY_AUTH_*: inside a job Ray sets its own address, and the cluster its auth.
-JOB_ENV_VARS = tuple(S.SERVICE_ENV_VARS) + (S.ENV_BFN_HOME, "AWS_REGION", "AWS_SESSION_TOKEN", "BFN_USER")
+JOB_ENV_VARS = N.WORKER_ENV_VARS
 DASHBOARD_ENV = "BFN_RAY_DASHBOARD"
 
 
@@ -62,7 +63,7 @@ def redact(text: str, environ: dict[str, str] | None = None) -> str:
     """`text` with the values of credentials in this environment replaced by ***: Ray echoes a job's
     runtime_env (env_vars included) in some of its error messages."""
     env = os.environ if environ is None else environ
-    for name in S.SECRET_ENV_VARS + ("AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN"):
+    for name in N.SECRET_ENV_VARS + ("AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN"):
         value = env.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
@@ -88,7 +89,7 @@ def _stack_dashboard() -> tuple[str, str] | None:
 
 
 def resolve_address(address: str | None) -> str:
-    ray_address = os.environ.get(S.ENV_RAY_ADDRESS, "")
+    ray_address = os.environ.get(N.ENV_RAY_ADDRESS, "")
     candidates = [address, ray_address if ray_address.startswith(("http://", "https://")) else None,
                   os.environ.get(DASHBOARD_ENV)]
     for c in candidates:
@@ -103,7 +104,7 @@ def resolve_address(address: str | None) -> str:
 
 def _auth_headers(address: str) -> dict[str, str]:
     """The token header for a token-auth cluster: from RAY_AUTH_TOKEN_PATH, or the local stack's token."""
-    path = os.environ.get(S.ENV_RAY_AUTH_TOKEN_PATH)
+    path = os.environ.get(N.ENV_RAY_AUTH_TOKEN_PATH)
     token = ""
     if path and Path(path).exists():
         token = Path(path).read_text().strip()

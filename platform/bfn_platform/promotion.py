@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bfn_platform.errors import BfnError
-from pipelines.names import LEGACY_SE, test_metric, test_se_metric
+from pipelines.names import LEGACY_SE, TAG_TEST_SHA, test_metric, test_se_metric
 
 DEFAULT_ALIAS = "champion"
 LOCK_PREFIX = "bfn-lock."
@@ -40,7 +40,6 @@ LOCK_OWNER_TAG = "bfn.lock.owner"
 LOCK_EXPIRES_TAG = "bfn.lock.expires"
 LOCK_TTL_S = 120.0  # a promotion takes a few requests; a lock older than this belongs to a dead process
 HISTORY_PREFIX = "bfn.history."  # registered-model tags bfn.history.0001, ...: one JSON entry each
-TEST_SHA_TAG = "bfn.eval.test_sha256"  # written by pipelines/evaluate.py
 
 
 def previous_alias(alias: str) -> str:
@@ -95,7 +94,7 @@ class Verdict:
 
 def evaluation_from_run(version: str, label: str, metrics: dict[str, float], tags: dict[str, str]) -> Evaluation:
     se = metrics.get(test_se_metric(label), metrics.get(LEGACY_SE.format(label=label)))
-    return Evaluation(version, label, metrics.get(test_metric(label)), se, tags.get(TEST_SHA_TAG))
+    return Evaluation(version, label, metrics.get(test_metric(label)), se, tags.get(TAG_TEST_SHA))
 
 
 def judge(candidate: Evaluation, champion: Evaluation | None, name: str) -> Verdict:

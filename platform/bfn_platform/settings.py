@@ -75,44 +75,9 @@ LOCAL_WORKER_IP = "127.0.0.3"
 LOCAL_SERVICE_HOST = "127.0.0.1"  # MLflow, S3 server and the Ray dashboard bind here
 
 # --- environment variables that connect the pieces ------------------------------------------------
-ENV_RAY_ADDRESS = "RAY_ADDRESS"
-ENV_RAY_AUTH_MODE = "RAY_AUTH_MODE"
-ENV_RAY_AUTH_TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
-ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
-ENV_MLFLOW_TRACKING_USERNAME = "MLFLOW_TRACKING_USERNAME"
-ENV_MLFLOW_TRACKING_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
-ENV_AWS_ENDPOINT_URL = "AWS_ENDPOINT_URL"
-ENV_AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
-ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
-ENV_AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"
-ENV_BFN_STORAGE = "BFN_STORAGE_PATH"  # Ray Train checkpoints: a local path or s3://bucket/prefix
-ENV_BFN_DATA = "BFN_DATA_URL"         # where shards live: a local path or s3://bucket/prefix
-
-# How a client reaches Ray. Locally they come from the `bfn stack up` env file; on a cluster the
-# user sets them (KubeRay sets the auth pair inside the Ray pods itself, from authOptions).
-RAY_CLIENT_ENV_VARS = (ENV_RAY_ADDRESS, ENV_RAY_AUTH_MODE, ENV_RAY_AUTH_TOKEN_PATH)
-
-# What the services need inside every Ray process. On Kubernetes the ConfigMap bfn-env and the
-# Secret bfn-credentials (infra/kuberay/) provide exactly these.
-SERVICE_ENV_VARS = (
-    ENV_MLFLOW_TRACKING_URI,
-    ENV_MLFLOW_TRACKING_USERNAME,
-    ENV_MLFLOW_TRACKING_PASSWORD,
-    ENV_AWS_ENDPOINT_URL,
-    ENV_AWS_ACCESS_KEY_ID,
-    ENV_AWS_SECRET_ACCESS_KEY,
-    ENV_AWS_DEFAULT_REGION,
-    ENV_BFN_STORAGE,
-    ENV_BFN_DATA,
-)
-
-# Values that are credentials: only ever in a Secret (or an env file with mode 0600), never in a
-# ConfigMap, an image, a manifest or a log line.
-SECRET_ENV_VARS = (ENV_MLFLOW_TRACKING_PASSWORD, ENV_AWS_ACCESS_KEY_ID, ENV_AWS_SECRET_ACCESS_KEY)
-
-# Everything that connects the pieces: what `bfn stack up` writes into its env file (those that
-# apply) and what a job's runtime_env forwards to its workers (those that are set).
-CONNECTING_ENV_VARS = RAY_CLIENT_ENV_VARS + SERVICE_ENV_VARS
+# Their names and the lists of them (RAY_CLIENT_ENV_VARS, SERVICE_ENV_VARS, SECRET_ENV_VARS,
+# CONNECTING_ENV_VARS, WORKER_ENV_VARS) are spelled once, in pipelines/names.py: the pipelines read
+# them too. tests/unit/test_infra.py checks infra/ against them as against this module.
 
 # Server-side settings of the MLflow tracking server (not read by the platform's code).
 ENV_MLFLOW_SERVER_ENABLE_JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"  # "false": one process
@@ -130,7 +95,6 @@ POSTGRES_ENV_VARS = ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDAT
 # --- files ---------------------------------------------------------------------------------------
 # `bfn stack up` writes `export NAME=value` lines for CONNECTING_ENV_VARS here (under BFN_HOME,
 # default ./.bfn); `source .bfn/stack.env` points a shell at the local stack.
-ENV_BFN_HOME = "BFN_HOME"
 STACK_ENV_FILE = "stack.env"
 
 # --- Kubernetes object names (infra/kuberay, infra/mlflow) ----------------------------------------

@@ -12,14 +12,11 @@ them back: shards and checkpoints survive `down` / `up` (not a crash or kill -9 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bfn_platform import settings as S
+from pipelines import names as N
 from bfn_platform.errors import BfnError
+from bfn_platform.processes import alive, free_port, http_status, port_in_use, stop_group
 
 BUCKET = "bfn"
 REGION = "us-east-1"
@@ -38,10 +37,6 @@ DEFAULT_PORTS = {"ray": S.RAY_GCS_PORT, "dashboard": S.RAY_DASHBOARD_PORT, "clie
                  "mlflow": S.MLFLOW_PORT, "s3": S.S3_PORT}
 SERVICE_PORT = {"s3": "s3", "mlflow": "mlflow", "ray-head": "ray", "ray-worker": None}
 NODE_OBJECT_STORE_BYTES = 300_000_000  # small object stores: the local stack shares a laptop
-
-
-# ---------------------------------------------------------------------------------------------
-# small helpers (also used by `bfn ui`)
 
 
 def parse_ports(text: str | None) -> dict[str, int]:
@@ -65,69 +60,6 @@ def parse_ports(text: str | None) -> dict[str, int]:
     if len(set(out.values())) != len(out):
         raise BfnError(f"--ports gives two services the same port: {text}")
     return out
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def session_members(sid: int) -> list[int]:
-    """PIDs whose session id is `sid` (Linux /proc): everything a setsid'd service spawned."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def alive(pid: int | None) -> bool:
-    return bool(pid) and bool(session_members(pid))
-
-
-def stop_group(sid: int, grace: float = 20.0) -> None:
-    """SIGTERM every process of session `sid`, then SIGKILL what is left after `grace` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        pids = session_members(sid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and session_members(sid):
-            time.sleep(0.2)
-
-
-def http_status(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int | None:
-    """The HTTP status of GET url, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +142,7 @@ class Stack:
     def s3_credentials(self) -> dict[str, str]:
         """Throw-away keys for the local S3 server (moto accepts any); stable across down / up."""
         raw = self._secret_file(self.dir / "s3_credentials.json", lambda: json.dumps(
-            {S.ENV_AWS_ACCESS_KEY_ID: "bfnlocal" + secrets.token_hex(6), S.ENV_AWS_SECRET_ACCESS_KEY: secrets.token_hex(20)}))
+            {N.ENV_AWS_ACCESS_KEY_ID: "bfnlocal" + secrets.token_hex(6), N.ENV_AWS_SECRET_ACCESS_KEY: secrets.token_hex(20)}))
         return json.loads(raw)
 
     def auth_headers(self) -> dict[str, str]:
@@ -219,16 +151,16 @@ class Stack:
     def client_env(self) -> dict[str, str]:
         """What a shell needs to use the stack: the contents of the env file."""
         return {
-            S.ENV_RAY_ADDRESS: self.gcs_address,
-            S.ENV_RAY_AUTH_MODE: "token",
-            S.ENV_RAY_AUTH_TOKEN_PATH: str(self.token_file),
-            S.ENV_MLFLOW_TRACKING_URI: self.mlflow_url,
-            S.ENV_AWS_ENDPOINT_URL: self.s3_url,
+            N.ENV_RAY_ADDRESS: self.gcs_address,
+            N.ENV_RAY_AUTH_MODE: "token",
+            N.ENV_RAY_AUTH_TOKEN_PATH: str(self.token_file),
+            N.ENV_MLFLOW_TRACKING_URI: self.mlflow_url,
+            N.ENV_AWS_ENDPOINT_URL: self.s3_url,
             **self.s3_credentials(),
-            S.ENV_AWS_DEFAULT_REGION: REGION,
-            S.ENV_BFN_STORAGE: f"s3://{BUCKET}/checkpoints",
-            S.ENV_BFN_DATA: f"s3://{BUCKET}/data",
-            S.ENV_BFN_HOME: str(self.home),
+            N.ENV_AWS_DEFAULT_REGION: REGION,
+            N.ENV_BFN_STORAGE: f"s3://{BUCKET}/checkpoints",
+            N.ENV_BFN_DATA: f"s3://{BUCKET}/data",
+            N.ENV_BFN_HOME: str(self.home),
             "BFN_RAY_DASHBOARD": self.dashboard_url,  # the Jobs API, for `bfn submit` / `bfn jobs`
         }
 
@@ -251,7 +183,7 @@ class Stack:
 
 def _clean_env() -> dict[str, str]:
     """The services' environment: none of the caller's connection settings or cloud credentials."""
-    drop = set(S.CONNECTING_ENV_VARS) | {"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"}
+    drop = set(N.CONNECTING_ENV_VARS) | {"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     # Job entrypoints (`bfn train ...`) run under the raylet's PATH: put this environment's bin first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -272,7 +204,7 @@ def _command(stack: Stack, name: str) -> tuple[list[str], dict[str, str]]:
                 "--artifacts-destination", (stack.dir / "mlartifacts").as_uri(), "--serve-artifacts",
                 "--workers", "1"], env
     ray = str(Path(py).with_name("ray"))
-    env.update({S.ENV_RAY_AUTH_MODE: "token", S.ENV_RAY_AUTH_TOKEN_PATH: str(stack.token_file)})
+    env.update({N.ENV_RAY_AUTH_MODE: "token", N.ENV_RAY_AUTH_TOKEN_PATH: str(stack.token_file)})
     cpus = str(max(1, os.cpu_count() or 1))
     common = ["--block", "--num-cpus", cpus, "--object-store-memory", str(NODE_OBJECT_STORE_BYTES),
               "--dashboard-agent-listen-port", str(free_port()),
@@ -392,6 +324,8 @@ def up(home: Path, ports: dict[str, int] | None = None, log=print) -> Stack:
             _start(stack, name)
             started.append(name)
             if name == "s3":
+                from bfn_platform.stack_buckets import restore_buckets
+
                 restored = restore_buckets(stack)
                 log(f"s3: bucket {BUCKET} ready" + (f", {restored} objects restored from {stack.snapshot_dir}" if restored else ""))
     except BaseException:
@@ -412,6 +346,8 @@ def down(home: Path, log=print) -> Stack:
         log(f"no stack recorded in {stack.dir}: nothing to stop")
         return stack
     if "s3" in stack.running():
+        from bfn_platform.stack_buckets import save_buckets
+
         n = save_buckets(stack)
         log(f"s3: saved {n} objects to {stack.snapshot_dir}")
     for name in reversed(SERVICES):
@@ -446,63 +382,3 @@ def status(home: Path) -> list[dict]:
     return rows
 
 
-# ---------------------------------------------------------------------------------------------
-# S3 persistence: moto keeps objects in memory only
-
-
-def _s3(stack: Stack):
-    import boto3
-
-    creds = stack.s3_credentials()
-    return boto3.client("s3", endpoint_url=stack.s3_url, region_name=REGION,
-                        aws_access_key_id=creds[S.ENV_AWS_ACCESS_KEY_ID],
-                        aws_secret_access_key=creds[S.ENV_AWS_SECRET_ACCESS_KEY])
-
-
-def save_buckets(stack: Stack) -> int:
-    """Every object of every bucket to stack/s3/BUCKET/{index.json, blobs/}; swapped in atomically."""
-    client = _s3(stack)
-    new = stack.snapshot_dir.with_name("s3.new")
-    shutil.rmtree(new, ignore_errors=True)
-    count = 0
-    for bucket in client.list_buckets().get("Buckets", []):
-        name = bucket["Name"]
-        blobs = new / name / "blobs"
-        blobs.mkdir(parents=True, exist_ok=True)
-        index = {}
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for obj in page.get("Contents", []):
-                key = obj["Key"]
-                blob = hashlib.sha256(key.encode()).hexdigest()
-                client.download_file(name, key, str(blobs / blob))
-                index[key] = blob
-                count += 1
-        (new / name / "index.json").write_text(json.dumps(index))
-    old = stack.snapshot_dir.with_name("s3.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if stack.snapshot_dir.exists():
-        stack.snapshot_dir.rename(old)
-    new.rename(stack.snapshot_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    return count
-
-
-def restore_buckets(stack: Stack) -> int:
-    """Create the default bucket and load every saved bucket back into a freshly started server."""
-    client = _s3(stack)
-    names = {BUCKET}
-    if stack.snapshot_dir.exists():
-        names |= {p.name for p in stack.snapshot_dir.iterdir() if (p / "index.json").exists()}
-    count = 0
-    for name in sorted(names):
-        try:
-            client.create_bucket(Bucket=name)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
-        folder = stack.snapshot_dir / name
-        if not (folder / "index.json").exists():
-            continue
-        for key, blob in json.loads((folder / "index.json").read_text()).items():
-            client.upload_file(str(folder / "blobs" / blob), name, key)
-            count += 1
-    return count

@@ -78,7 +78,7 @@ def session_pids(sids) -> list[int]:
 
 
 def port_free(port: int) -> bool:
-    from bfn_platform.stack import port_in_use
+    from bfn_platform.processes import port_in_use
 
     return not any(port_in_use(host, port) for host in ("127.0.0.1", "127.0.0.2"))
 

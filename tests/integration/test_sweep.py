@@ -153,7 +153,7 @@ def test_best_config_trains(resumed_sweep, tracked, tmp_path):
     from pipelines.config import load_config
     from pipelines.train import train
 
-    cfg = load_config(resumed_sweep["outcome"]["best_config"], ["training.steps=10", f"storage.path={tmp_path}"])
+    cfg = load_config(resumed_sweep["outcome"]["best_config"], {"training.steps": 10, "storage.path": str(tmp_path)})
     assert cfg.training.steps == 10 and cfg.data.kind == "discretised"
     outcome = train(cfg)
     assert outcome.metrics["step"] == 10

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from bfn_core import make_bfn
-from pipelines.config import apply_overrides, load_config, parse_config
+from pipelines.config import apply_overrides, load_config, parse_config, parse_overrides
 from pipelines.errors import PipelineError
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].glob("configs/**/*.yaml"))
@@ -25,7 +25,7 @@ def test_shipped_configs_validate_and_build(path):
 def _raw(**changes):
     raw = {"data": {"train": "m.json", "kind": "discretised", "num_classes": 17},
            "model": {"network": "mlp"}, "flow": {"sigma_1": 0.01}, "training": {"steps": 10}}
-    return apply_overrides(raw, [f"{k}={v}" for k, v in changes.items()])
+    return apply_overrides(raw, parse_overrides([f"{k}={v}" for k, v in changes.items()]))
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -34,7 +34,7 @@ def _raw(**changes):
     ({"data.kind": "images"}, r"data.kind: .*'continuous', 'discretised' or 'discrete'"),
     ({"model.network": "vit"}, r"model.network must be one of 'mlp', 'unet', .*'transformer'.*, got 'vit'"),
     ({"model.widht": 3}, r"model.widht: unknown field"),
-    ({"loss.type": "discrete_time"}, r"loss.n_steps is required when loss.type is 'discrete_time'"),
+    ({"loss.n_steps": 0}, r"loss.n_steps: Input should be greater than or equal to 1"),
     ({"data.kind": "discrete"}, r"flow.beta_1 is required for discrete data"),
     ({"training.batch_size": 30, "scaling.num_workers": 4}, r"training.batch_size 30 \(the global batch\) is not divisible "
                                                             r"by scaling.num_workers 4"),
@@ -48,9 +48,12 @@ def test_bad_values_name_the_field(changes, message):
 
 
 def test_overrides_and_file_errors(tmp_path):
-    assert apply_overrides({"a": {"b": 1}}, ["a.b=2", "a.c=[1, 2]"]) == {"a": {"b": 2, "c": [1, 2]}}
+    assert parse_overrides(["a.b=2", "a.c=[1, 2]", "d=null"]) == {"a.b": 2, "a.c": [1, 2], "d": None}
+    assert apply_overrides({"a": {"b": 1}}, {"a.b": 2, "a.c": [1, 2]}) == {"a": {"b": 2, "c": [1, 2]}}
     with pytest.raises(PipelineError, match="--set takes key=value"):
-        apply_overrides({}, ["nope"])
+        parse_overrides(["nope"])
+    with pytest.raises(PipelineError, match="a is not a section"):
+        apply_overrides({"a": 1}, {"a.b": 2})
     with pytest.raises(PipelineError, match="config file .* not found"):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"

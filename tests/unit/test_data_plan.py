@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from pipelines.data.reader import _shuffled, shard_order, slot_plan
+from pipelines.data.epoch_plan import shard_order, shuffled, slot_plan
 
 
 def positions(counts, order, plan):
@@ -66,7 +66,7 @@ def test_shard_order_is_a_seeded_permutation_per_epoch():
 
 def test_shuffle_buffer_is_a_reproducible_permutation():
     items = list(range(1000))
-    out = list(_shuffled(iter(items), 100, random.Random(3)))
+    out = list(shuffled(iter(items), 100, random.Random(3)))
     assert sorted(out) == items and out != items
-    assert out == list(_shuffled(iter(items), 100, random.Random(3)))
-    assert list(_shuffled(iter(items[:10]), 100, random.Random(3))) != items[:10]  # short input: still shuffled
+    assert out == list(shuffled(iter(items), 100, random.Random(3)))
+    assert list(shuffled(iter(items[:10]), 100, random.Random(3))) != items[:10]  # short input: still shuffled

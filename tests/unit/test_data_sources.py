@@ -28,7 +28,7 @@ from pipelines.data.sources import (
     Text8,
     get_source,
 )
-from pipelines.data.transforms import TEXT8_ALPHABET, decode_text
+from pipelines.data.text import TEXT8_ALPHABET, decode_text
 from pipelines.errors import DownloadError, PipelineError
 
 

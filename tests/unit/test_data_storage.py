@@ -1,8 +1,10 @@
 """URLs, atomic local writes, and the manifest format (S3 itself is exercised in tests/integration)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 
 import pytest
 
@@ -107,13 +109,23 @@ def test_bad_manifests_say_what_to_do(tmp_path):
         load_manifest(str(tmp_path))
 
 
+def test_manifest_says_the_bits_unit_by_content():
+    assert manifest().bits_unit == "dim"
+    text = dataclasses.replace(manifest(), schema={"x": FieldSpec("uint8", (256,), "discrete", 27, "text")})
+    assert text.bits_unit == "char"
+
+
 def test_shard_error_survives_a_dataloader_worker_round_trip():
     err = ShardError("s3://b/train-000001.tar", "s3://b/manifest.json", "it is missing")
+    assert (err.shard_url, err.manifest_url, err.reason) == ("s3://b/train-000001.tar", "s3://b/manifest.json",
+                                                             "it is missing")
+    assert str(pickle.loads(pickle.dumps(err))) == str(err) and pickle.loads(pickle.dumps(err)).reason == err.reason
     # torch re-creates worker exceptions as type(msg) with the whole worker traceback as msg
     wrapped = ("Caught ShardError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
                '  File "x.py", line 1, in f\n'
                f"pipelines.errors.ShardError: {err}\n")
     again = ShardError(wrapped)
     assert str(again) == str(err)
-    assert (again.shard_url, again.manifest_url, again.reason) == (err.shard_url, err.manifest_url, err.reason)
+    assert again.shard_url is None  # only the message: no fields parsed back out of text
+    assert str(pickle.loads(pickle.dumps(again))) == str(err)
     assert StorageError(wrapped.replace("ShardError", "StorageError")).args[0] == str(err)

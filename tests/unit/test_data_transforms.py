@@ -5,16 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from bfn_core import bin_centres as core_bin_centres
 from pipelines.data.schema import FieldSpec, ReadSpec
-from pipelines.data.transforms import (
-    TEXT8_ALPHABET,
-    BernoulliTransform,
-    bin_centres,
-    decode_text,
-    encode_text,
-    make_transform,
-    rebin_levels,
-)
+from pipelines.data.text import TEXT8_ALPHABET, decode_text, encode_text
+from pipelines.data.transforms import BernoulliTransform, make_transform, rebin_levels
 from pipelines.errors import UnsupportedReadError
 
 MNIST = FieldSpec("uint8", (28, 28, 1), "discretised", 256, "image")
@@ -23,12 +17,19 @@ TEXT = FieldSpec("uint8", (256,), "discrete", 27, "text", alphabet=TEXT8_ALPHABE
 POINTS = FieldSpec("float32", (2,), "continuous", None, "points")
 
 
-@pytest.mark.parametrize("k", [2, 16, 17, 256])
-def test_bin_centres_match_bfn_core(k):
-    from bfn_core import bin_centres as core_centres
+def bin_centres(k: int) -> np.ndarray:
+    return core_bin_centres(k).numpy()
 
-    np.testing.assert_allclose(bin_centres(k), core_centres(k).numpy(), rtol=0, atol=1e-7)
-    assert bin_centres(k).dtype == np.float32
+
+@pytest.mark.parametrize("k", [2, 16, 17, 256])
+def test_values_are_bfn_cores_bin_centres_exactly(k):
+    """The data's bin centres are bfn_core's, bit for bit: the model's bins and the data agree."""
+    levels = np.arange(k, dtype=np.uint8 if k <= 256 else np.int64)
+    for field in (FieldSpec("uint8", (k,), "discretised", k, "image"), POINTS):
+        raw = levels if field is not POINTS else bin_centres(k)
+        out = make_transform(field, "discretised", k)(raw)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, bin_centres(k))
 
 
 def test_levels_read_as_their_bin_centres():

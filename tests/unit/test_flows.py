@@ -94,3 +94,17 @@ def test_flow_at_time_zero_is_the_prior():
     cflow = ContinuousBayesianFlow(0.01)
     mu, rho = cflow.flow_sample(torch.tensor([[0.5, -0.5]]), torch.zeros(1))
     assert torch.equal(mu, torch.zeros_like(mu)) and torch.equal(rho, torch.ones_like(rho))
+
+
+@pytest.mark.parametrize("flow, channels", [
+    (ContinuousBayesianFlow(0.01), 1), (DiscreteBayesianFlow(2, 3.0), 1), (DiscreteBayesianFlow(5, 3.0), 5),
+])
+def test_network_inputs_have_net_in_channels(flow, channels):
+    """The flow says how many numbers per dimension it feeds the network; for K = 2, 2 p_1 - 1 alone."""
+    theta = flow.flow_sample(torch.zeros(3, 4, dtype=torch.long) if isinstance(flow, DiscreteBayesianFlow)
+                             else torch.zeros(3, 4), torch.full((3,), 0.5), torch.Generator().manual_seed(0))
+    assert flow.net_in_channels == channels
+    net_in = flow.params_to_net_inputs(theta)
+    assert net_in.shape == (3, 4, channels)
+    if isinstance(flow, DiscreteBayesianFlow) and flow.K == 2:
+        assert torch.equal(net_in[..., 0], 2 * theta[0][..., 1] - 1)

@@ -24,6 +24,8 @@ import yaml
 
 from bfn_platform import settings as S
 
+from pipelines import names as N
+
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -277,7 +279,7 @@ def env_name_problems(objects, launcher_cfg) -> list[str]:
     """Env names the Ray pods / launcher reference must all be connecting variables; MLflow and
     PostgreSQL may add their own server-side ones (also listed in settings)."""
     p = []
-    connecting = set(S.CONNECTING_ENV_VARS)
+    connecting = set(N.CONNECTING_ENV_VARS)
     server_side = connecting | set(S.MLFLOW_SERVER_ENV_VARS) | set(S.POSTGRES_ENV_VARS)
     for path, doc in objects:
         allowed = connecting if doc["kind"] in ("RayCluster", "RayJob") else server_side
@@ -307,11 +309,11 @@ def provided_problems(objects) -> list[str]:
     p = []
     cm = data_keys(the("ConfigMap", S.K8S_CONFIGMAP, objects))
     secret = data_keys(the("Secret", S.K8S_CREDENTIALS_SECRET, objects))
-    if missing := set(S.SERVICE_ENV_VARS) - (cm | secret):
+    if missing := set(N.SERVICE_ENV_VARS) - (cm | secret):
         p.append(f"no ConfigMap/Secret provides {sorted(missing)}")
-    if leaked := cm & set(S.SECRET_ENV_VARS):
+    if leaked := cm & set(N.SECRET_ENV_VARS):
         p.append(f"credentials {sorted(leaked)} in ConfigMap {S.K8S_CONFIGMAP}")
-    if missing := set(S.SECRET_ENV_VARS) - secret:
+    if missing := set(N.SECRET_ENV_VARS) - secret:
         p.append(f"Secret {S.K8S_CREDENTIALS_SECRET} lacks {sorted(missing)}")
     return p
 
@@ -334,18 +336,18 @@ def launcher_problems(cfg: dict) -> list[str]:
         p.append(f"workers join {address!r}, not $RAY_HEAD_IP:{S.RAY_GCS_PORT}")
 
     env = docker_env(cfg["docker"].get("run_options", []))
-    if env.get(S.ENV_RAY_AUTH_MODE) != "token":
+    if env.get(N.ENV_RAY_AUTH_MODE) != "token":
         p.append("launcher containers must run with RAY_AUTH_MODE=token")
     home = f"/home/{S.IMAGE_USER}"
     mounted = {dst.replace("~", home, 1) for dst in cfg.get("file_mounts", {})}
-    if env.get(S.ENV_RAY_AUTH_TOKEN_PATH) not in mounted:
-        p.append(f"RAY_AUTH_TOKEN_PATH={env.get(S.ENV_RAY_AUTH_TOKEN_PATH)} is not a file_mounts destination")
+    if env.get(N.ENV_RAY_AUTH_TOKEN_PATH) not in mounted:
+        p.append(f"RAY_AUTH_TOKEN_PATH={env.get(N.ENV_RAY_AUTH_TOKEN_PATH)} is not a file_mounts destination")
     for cmd in head_cmds + worker_cmds:
         for sourced in re.findall(r"(?:^|;|\s)\.\s+(\S+);", cmd):
             if sourced.replace("~", home, 1) not in mounted:
                 p.append(f"start command sources {sourced}, which file_mounts does not provide")
     for name in env:
-        if name in S.SECRET_ENV_VARS or SECRETISH.search(name):
+        if name in N.SECRET_ENV_VARS or SECRETISH.search(name):
             p.append(f"credential {name} set in the launcher config")
 
     nodes = cfg.get("available_node_types", {})
@@ -416,7 +418,7 @@ def mlflow_problems(objects) -> list[str]:
         if get.get("path") != "/health" or get.get("port") not in ("http", S.MLFLOW_PORT):
             p.append(f"{probe} must GET /health on the server port")
 
-    uri = urlparse(the("ConfigMap", S.K8S_CONFIGMAP, objects)["data"][S.ENV_MLFLOW_TRACKING_URI])
+    uri = urlparse(the("ConfigMap", S.K8S_CONFIGMAP, objects)["data"][N.ENV_MLFLOW_TRACKING_URI])
     if (uri.hostname, uri.port) != (S.MLFLOW_SERVICE, S.MLFLOW_PORT):
         p.append(f"ConfigMap MLFLOW_TRACKING_URI points at {uri.hostname}:{uri.port}, "
                  f"the server is Service {S.MLFLOW_SERVICE}:{S.MLFLOW_PORT}")
@@ -475,15 +477,15 @@ def test_settings_agree_with_pyproject():
 
 
 def test_settings_env_var_groups_are_consistent():
-    assert len(set(S.CONNECTING_ENV_VARS)) == len(S.CONNECTING_ENV_VARS)
-    assert set(S.CONNECTING_ENV_VARS) == set(S.RAY_CLIENT_ENV_VARS) | set(S.SERVICE_ENV_VARS)
-    assert set(S.SECRET_ENV_VARS) <= set(S.SERVICE_ENV_VARS)
-    names = {getattr(S, n) for n in dir(S) if n.startswith("ENV_")}
-    assert set(S.CONNECTING_ENV_VARS) <= names
+    assert len(set(N.CONNECTING_ENV_VARS)) == len(N.CONNECTING_ENV_VARS)
+    assert set(N.CONNECTING_ENV_VARS) == set(N.RAY_CLIENT_ENV_VARS) | set(N.SERVICE_ENV_VARS)
+    assert set(N.SECRET_ENV_VARS) <= set(N.SERVICE_ENV_VARS)
+    names = {getattr(N, n) for n in dir(N) if n.startswith("ENV_")}
+    assert set(N.CONNECTING_ENV_VARS) <= names
     for required in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                      "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH",
                      "BFN_STORAGE_PATH", "BFN_DATA_URL"):
-        assert required in S.CONNECTING_ENV_VARS
+        assert required in N.CONNECTING_ENV_VARS
     ports = [S.RAY_GCS_PORT, S.RAY_DASHBOARD_PORT, S.RAY_CLIENT_PORT, S.MLFLOW_PORT, S.S3_PORT, S.POSTGRES_PORT]
     assert len(set(ports)) == len(ports)
 
@@ -527,7 +529,7 @@ def test_platform_dockerfile():
     labels = " ".join(rest for i, rest in instrs if i == "LABEL")
     assert f'org.opencontainers.image.version="{S.PROJECT_VERSION}"' in labels
     env_and_args = " ".join(rest for i, rest in instrs if i in ("ENV", "ARG"))
-    for name in S.SECRET_ENV_VARS + (S.ENV_RAY_AUTH_TOKEN_PATH,):
+    for name in N.SECRET_ENV_VARS + (N.ENV_RAY_AUTH_TOKEN_PATH,):
         assert name not in env_and_args, f"{name} must not be baked into the image"
 
 
@@ -664,17 +666,17 @@ def test_configmap_and_secret_provide_every_service_variable():
             cluster = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
             for pod in cluster_pod_specs(cluster):
                 ray_container = pod["containers"][0]
-                assert container_env_names(ray_container, objects) >= set(S.SERVICE_ENV_VARS), \
+                assert container_env_names(ray_container, objects) >= set(N.SERVICE_ENV_VARS), \
                     f"{doc['kind']} container {ray_container['name']} does not load every service variable"
 
 
 def test_provided_check_catches_a_missing_or_misplaced_variable():
     objects = copy.deepcopy(k8s_objects())
     cm = the("ConfigMap", S.K8S_CONFIGMAP, objects)
-    del cm["data"][S.ENV_BFN_DATA]
-    cm["data"][S.ENV_AWS_SECRET_ACCESS_KEY] = "x"
+    del cm["data"][N.ENV_BFN_DATA]
+    cm["data"][N.ENV_AWS_SECRET_ACCESS_KEY] = "x"
     problems = provided_problems(objects)
-    assert any(S.ENV_BFN_DATA in q for q in problems) and any("credentials" in q for q in problems)
+    assert any(N.ENV_BFN_DATA in q for q in problems) and any("credentials" in q for q in problems)
 
 
 def test_every_secret_and_configmap_reference_resolves():
@@ -714,13 +716,13 @@ def test_no_credentials_in_manifests_and_only_placeholders_in_examples():
         if doc["kind"] == "Secret":
             assert path.name.endswith(".example.yaml"), f"{path}: real Secrets never live in the repository"
             for key, value in (doc.get("stringData") or {}).items():
-                if SECRETISH.search(key) or key in S.SECRET_ENV_VARS:
+                if SECRETISH.search(key) or key in N.SECRET_ENV_VARS:
                     assert value == PLACEHOLDER, f"{path}: {key} must be the placeholder {PLACEHOLDER}"
             assert not doc.get("data"), f"{path}: use stringData placeholders, not encoded data"
         for pod in pod_specs(doc):
             for c in containers(pod):
                 for e in c.get("env", []):
-                    if e["name"] in S.SECRET_ENV_VARS or SECRETISH.search(e["name"]):
+                    if e["name"] in N.SECRET_ENV_VARS or SECRETISH.search(e["name"]):
                         assert "secretKeyRef" in e.get("valueFrom", {}), f"{path.name}: {e['name']} must come from a Secret"
     for path in INFRA.rglob("*"):
         if path.is_file():
@@ -751,7 +753,7 @@ def test_mlflow_check_catches_drift():
     c = the("Deployment", S.MLFLOW_SERVICE, objects)["spec"]["template"]["spec"]["containers"][0]
     c["args"][c["args"].index("--port") + 1] = "5001"
     c["args"].remove("--serve-artifacts")
-    the("ConfigMap", S.K8S_CONFIGMAP, objects)["data"][S.ENV_MLFLOW_TRACKING_URI] = "http://mlflow-server:5000"
+    the("ConfigMap", S.K8S_CONFIGMAP, objects)["data"][N.ENV_MLFLOW_TRACKING_URI] = "http://mlflow-server:5000"
     problems = mlflow_problems(objects)
     assert any("5001" in q for q in problems)
     assert any("--serve-artifacts" in q for q in problems)
@@ -781,10 +783,10 @@ def test_cluster_launcher_ports_env_and_gpu_workers():
     assert image_problems([], cfg) == []
     env = docker_env(cfg["docker"]["run_options"])
     configmap = the("ConfigMap", S.K8S_CONFIGMAP)["data"]
-    assert env[S.ENV_AWS_DEFAULT_REGION] == cfg["provider"]["region"]
-    for name in (S.ENV_BFN_STORAGE, S.ENV_BFN_DATA):
+    assert env[N.ENV_AWS_DEFAULT_REGION] == cfg["provider"]["region"]
+    for name in (N.ENV_BFN_STORAGE, N.ENV_BFN_DATA):
         assert env[name] == configmap[name], f"{name} differs between the launcher and the ConfigMap"
-    assert urlparse(env[S.ENV_MLFLOW_TRACKING_URI]).port == S.MLFLOW_PORT
+    assert urlparse(env[N.ENV_MLFLOW_TRACKING_URI]).port == S.MLFLOW_PORT
 
 
 def test_cluster_launcher_check_catches_drift():
@@ -803,7 +805,7 @@ def test_cluster_launcher_check_catches_drift():
 
 def test_readme_covers_the_connecting_variables_and_names():
     text = (INFRA / "README.md").read_text()
-    for name in S.CONNECTING_ENV_VARS:
+    for name in N.CONNECTING_ENV_VARS:
         assert f"`{name}`" in text, f"infra/README.md does not explain {name}"
     for needle in (S.IMAGE, S.MLFLOW_IMAGE, f"svc/{S.RAY_HEAD_SERVICE}", f"svc/{S.MLFLOW_SERVICE}",
                    f".bfn/{S.STACK_ENV_FILE}", f"http://127.0.0.1:{S.RAY_DASHBOARD_PORT}",

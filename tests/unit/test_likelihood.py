@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bfn_core import (BFN, DiscreteBayesianFlow, DiscreteLoss, LikelihoodAccumulator, LikelihoodTable, accumulate_likelihood,
+from bfn_core import (BFN, BfnError, DiscreteBayesianFlow, DiscreteLoss, LikelihoodAccumulator, LikelihoodTable, accumulate_likelihood,
                       evaluate_likelihood, parse_steps)
 from oracles import CategoricalOracle, entropy
 
@@ -50,8 +50,7 @@ def test_merged_accumulators_equal_one_pass():
 
 
 def test_monte_carlo_se_is_the_spread_of_the_repeats_means():
-    """With R repeats, se_mc = std over repeats of the test-set mean / sqrt(R) (the reference's figure),
-    and the vector form used for all-reduce carries every sum."""
+    """With R repeats, se_mc = std over repeats of the test-set mean / sqrt(R) (the reference's figure)."""
     torch.manual_seed(1)
     pi = torch.tensor([0.6, 0.4])
     bfn = _oracle_bfn(pi)
@@ -61,16 +60,76 @@ def test_monte_carlo_se_is_the_spread_of_the_repeats_means():
         g = torch.Generator().manual_seed(seed)
         per_repeat.append((bfn.loss(x, 10, g, 10) + bfn.reconstruction_loss(x, g)).double())
     acc = LikelihoodAccumulator([10], n_repeats=4)
-    acc.add(10, torch.stack(per_repeat))
-    acc.count, acc.dims = 64, 5
+    acc.add_batch({10: torch.stack(per_repeat)}, dims=5)
+    assert (acc.count, acc.dims) == (64, 5)
     row = acc.table().rows[0]
     means = torch.stack(per_repeat).mean(1)
     assert row.nats == pytest.approx(means.mean().item(), rel=1e-12)
     assert row.nats_se_mc == pytest.approx((means.std() / 2).item(), rel=1e-9)
     ex = torch.stack(per_repeat).mean(0)
     assert row.nats_se_examples == pytest.approx((ex.std() / 8).item(), rel=1e-9)
-    again = LikelihoodAccumulator.from_vector([10], 4, acc.to_vector(), dims=5).table()
-    assert again == acc.table()
+    assert acc.all_reduce() is acc and acc.table().rows[0] == row  # no process group: a no-op
+
+
+def _bounds(seed: int, batch: int, n_repeats: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {s: torch.rand(n_repeats, batch, generator=g, dtype=torch.float64) * 10 for s in (10, None)}
+
+
+def _all_reduce_rank(rank: int, world: int, folder: str) -> None:
+    """One rank of a gloo group: rank 1 sees no examples (dims 0), the others a batch each."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
+    try:
+        acc = LikelihoodAccumulator([10, None], n_repeats=3)
+        if rank != 1:
+            acc.add_batch(_bounds(rank, 5 + rank, 3), dims=7)
+        table = acc.all_reduce(torch.device("cpu") if rank == 0 else None).table()  # None: the backend's device
+        with open(f"{folder}/rank{rank}.json", "w") as f:
+            json.dump(table.to_dict(), f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_sums_every_rank_including_one_without_examples(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    world = 3
+    mp.spawn(_all_reduce_rank, args=(world, str(tmp_path)), nprocs=world, join=True)
+    one = LikelihoodAccumulator([10, None], n_repeats=3)
+    for rank in (0, 2):
+        one.add_batch(_bounds(rank, 5 + rank, 3), dims=7)
+    expected = one.table()
+    for rank in range(world):
+        got = LikelihoodTable.from_dict(json.loads((tmp_path / f"rank{rank}.json").read_text()))
+        assert (got.num_examples, got.dims, got.n_repeats) == (12, 7, 3)
+        for a, b in zip(got.rows, expected.rows):
+            assert a.steps == b.steps
+            assert a.nats == pytest.approx(b.nats, rel=1e-12)
+            assert a.nats_se_examples == pytest.approx(b.nats_se_examples, rel=1e-9)
+            assert a.nats_se_mc == pytest.approx(b.nats_se_mc, rel=1e-9)
+
+
+def test_add_batch_rejects_an_inconsistent_batch():
+    acc = LikelihoodAccumulator([10, None], n_repeats=2)
+    with pytest.raises(BfnError, match="needs bounds for the step counts"):
+        acc.add_batch({10: torch.zeros(2, 4)}, dims=3)
+    with pytest.raises(BfnError, match="same examples"):
+        acc.add_batch({10: torch.zeros(2, 4), None: torch.zeros(2, 5)}, dims=3)
+    acc.add_batch({10: torch.zeros(2, 4), None: torch.zeros(2, 4)}, dims=3)
+    with pytest.raises(BfnError, match="examples of 5 dimensions"):
+        acc.add_batch({10: torch.zeros(2, 4), None: torch.zeros(2, 4)}, dims=5)
+    assert (acc.count, acc.dims) == (4, 3)  # a rejected batch changes nothing
+    other = LikelihoodAccumulator([10, None], n_repeats=2)
+    other.merge(acc)  # an empty accumulator takes the other's dims
+    assert (other.count, other.dims) == (4, 3)
 
 
 def test_monotone_violations_flag_a_bound_that_rises_with_n():

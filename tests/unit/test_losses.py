@@ -166,3 +166,19 @@ def test_discretised_bin_probabilities_sum_to_one(k):
     # the edge bins take the tails: far-out means put all mass on the end bins
     far = DiscretisedNormal(torch.tensor([-50.0, 50.0]), torch.tensor([1.0, 1.0]), k).probs
     assert far[0, 0] == pytest.approx(1.0) and far[1, -1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind, kwargs, cin, cout", [
+    ("continuous", dict(sigma_1=0.01), 1, 1), ("discretised", dict(sigma_1=0.01, num_classes=16), 1, 2),
+    ("discrete", dict(beta_1=3.0, num_classes=2), 1, 1), ("discrete", dict(beta_1=3.0, num_classes=5), 5, 5),
+])
+def test_make_bfn_builds_the_network_the_flow_and_factory_ask_for(kind, kwargs, cin, cout):
+    from bfn_core import make_bfn
+
+    bfn = make_bfn(kind, (6,), hidden=8, depth=1, **kwargs)
+    assert (bfn.flow.net_in_channels, bfn.loss_fn.factory.net_out_channels) == (cin, cout)
+    x = torch.randint(0, kwargs.get("num_classes", 2), (3, 6)) if kind == "discrete" else torch.zeros(3, 6)
+    theta = bfn.flow.flow_sample(x, torch.full((3,), 0.5))
+    assert bfn.net_output(theta, torch.full((3,), 0.5)).shape == (3, 6, cout)
+    if kind == "discrete":
+        assert bfn.output_distribution(theta, torch.full((3,), 0.5)).probs.shape == (3, 6, kwargs["num_classes"])

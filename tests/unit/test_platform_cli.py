@@ -239,6 +239,7 @@ def test_jobs_address_resolution(monkeypatch, tmp_path):
 
 def test_stack_env_file_is_private_and_complete(tmp_path):
     from bfn_platform import settings as S
+    from pipelines import names as N
     from bfn_platform.stack import Stack
 
     stack = Stack(tmp_path)
@@ -248,8 +249,8 @@ def test_stack_env_file_is_private_and_complete(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(stack.token_file).st_mode) == 0o600
     text = path.read_text()
-    for name in S.CONNECTING_ENV_VARS:
-        if name not in (S.ENV_MLFLOW_TRACKING_USERNAME, S.ENV_MLFLOW_TRACKING_PASSWORD):
+    for name in N.CONNECTING_ENV_VARS:
+        if name not in (N.ENV_MLFLOW_TRACKING_USERNAME, N.ENV_MLFLOW_TRACKING_PASSWORD):
             assert f"export {name}=" in text, name
     assert "export RAY_ADDRESS=127.0.0.2:6379" in text and "RAY_AUTH_MODE=token" in text
     assert stack.ray_token() not in text  # the token stays in its own file

@@ -14,7 +14,8 @@ def digits_cfg(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
     write_shards("digits", "test", str(root), shard_size=100)
     manifest = root / "test" / "manifest.json"
-    return load_config("configs/digits_discretised.yaml", [f"data.train={manifest}", "training.batch_size=16"])
+    return load_config("configs/digits_discretised.yaml", {"data.train": str(manifest), "training.batch_size": 16,
+                                                          "scaling.num_workers": 1})
 
 
 @pytest.mark.parametrize("start", [0, 5, 19, 40])  # 297 test digits / 16 = 19 batches per epoch

@@ -5,10 +5,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.config import load_config
+from pipelines.config import load_config, parse_overrides
 from pipelines.errors import PipelineError
 from sweeps.results import best_row, results_table, save_plots, save_table, trial_status, write_best_config
-from sweeps.spec import check_spec, load_spec, objective_metric, reported_metrics, trial_config
+from sweeps.spec import check_spec, load_spec, objective_metric, trial_config, trial_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "configs" / "sweeps" / "digits_sigma.yaml"
@@ -24,18 +24,19 @@ def test_trial_config_maps_the_special_dimensions():
     spec = load_spec(DIGITS)
     base = spec.base_config()
     cfg = trial_config(base, {"flow.sigma_1": 0.05, "loss.n_steps": None, "eval_steps": 25})
-    assert cfg.flow.sigma_1 == 0.05 and cfg.loss.type == "continuous_time" and cfg.loss.n_steps is None
+    assert cfg.flow.sigma_1 == 0.05 and cfg.loss.n_steps is None
     assert cfg.training.val_steps == [None, 25]
     cfg = trial_config(base, {"loss.n_steps": 20, "eval_steps": None})
-    assert cfg.loss.type == "discrete_time" and cfg.loss.n_steps == 20 and cfg.training.val_steps == [None]
-    assert "val_bits_n25" in reported_metrics(trial_config(base, {"eval_steps": 25}))
+    assert cfg.loss.n_steps == 20 and cfg.training.val_steps == [None]
+    assert "val_bits_n25" in trial_metrics(trial_config(base, {"eval_steps": 25}))
     assert objective_metric("val_bits_{eval_steps}", {"eval_steps": 25}) == "val_bits_n25"
     assert objective_metric("val_bits_{eval_steps}", {"eval_steps": None}) == "val_bits_inf"
     assert objective_metric("loss", {}) == "loss"
 
 
 def test_cli_style_overrides_reach_the_spec():
-    spec = load_spec(DIGITS, ["set.training.steps=60", "space.optimizer.lr={loguniform: [0.0001, 0.01]}", "budget.trials=3"])
+    spec = load_spec(DIGITS, parse_overrides(["set.training.steps=60", "space.optimizer.lr={loguniform: [0.0001, 0.01]}",
+                                              "budget.trials=3"]))
     assert spec.base_config().training.steps == 60
     assert spec.space["optimizer.lr"].loguniform == (0.0001, 0.01) and spec.budget.trials == 3
 
@@ -61,12 +62,12 @@ def test_cli_style_overrides_reach_the_spec():
 ])
 def test_bad_specs_are_refused_with_the_field_named(overrides, needle):
     with pytest.raises(PipelineError, match=None) as err:
-        check_spec(load_spec(DIGITS, overrides))
+        check_spec(load_spec(DIGITS, parse_overrides(overrides)))
     assert needle in str(err.value), str(err.value)
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(PipelineError, match="nope.yaml not found"):
         load_spec(tmp_path / "nope.yaml")
     spec = tmp_path / "s.yaml"
     spec.write_text(DIGITS.read_text().replace("../digits_discretised.yaml", "missing.yaml"))
@@ -106,4 +107,4 @@ def test_results_files_and_best_config_train_ready(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     path = write_best_config(spec.base_config(), best_row(table), spec, "digits-sigma-x", tmp_path / "best.yaml")
     cfg = load_config(path)
-    assert cfg.flow.sigma_1 == 0.05 and cfg.loss.type == "continuous_time" and cfg.tracking.run_name == "digits-sigma-x-best"
+    assert cfg.flow.sigma_1 == 0.05 and cfg.loss.n_steps is None and cfg.tracking.run_name == "digits-sigma-x-best"

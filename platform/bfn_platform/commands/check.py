@@ -1,7 +1,7 @@
 """`bfn check CONFIG`: validate a config and size what it would run, without starting Ray."""
 from __future__ import annotations
 
-import argparse
+from bfn_platform.commands.common import add_json, add_overrides, command, overrides
 
 EPILOG = """examples:
   bfn check configs/paper/cifar10_discretised_256.yaml --no-data
@@ -17,13 +17,11 @@ Exit status 1 when the config is invalid or a manifest is not usable.
 
 
 def register(sub) -> None:
-    p = sub.add_parser("check", help="validate a config, count its parameters and memory, check its data",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "check", __doc__, help="validate a config, count its parameters and memory, check its data", epilog=EPILOG)
     p.add_argument("config", help="experiment config (YAML); see configs/")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. scaling.num_workers=4 (repeatable)")
+    add_overrides(p, "scaling.num_workers=4", "config")
     p.add_argument("--no-data", action="store_true", help="do not read the data manifests (uses data.shape)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json(p, "the report")
     p.set_defaults(func=run)
 
 
@@ -35,7 +33,7 @@ def run(args) -> int:
     from pipelines.check import check, human_bytes
     from pipelines.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, overrides(args))
     report = check(cfg, look_at_data=not args.no_data)
     if args.json:
         print(json.dumps(report.to_dict()))

@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import functools
 from pathlib import Path
-from typing import Callable
-
-from bfn_platform.errors import BfnError
 
 SHARD_EPILOG = """examples:
   bfn data shard digits --split train --out .bfn/data/digits
@@ -36,21 +32,6 @@ URL is a manifest or the folder that holds manifest.json.  Images are drawn as a
 """
 
 
-def _user_errors(handler: Callable) -> Callable:
-    """Show pipeline errors like every other user error: one line, no traceback."""
-
-    @functools.wraps(handler)
-    def wrapped(args):
-        from pipelines.errors import PipelineError
-
-        try:
-            return handler(args)
-        except PipelineError as err:
-            raise BfnError(str(err)) from err
-
-    return wrapped
-
-
 def register(sub) -> None:
     from pipelines.data.sources import SOURCES
 
@@ -74,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="folder holding the canonical source files (offline machines); no download")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="write only N samples (a random subset)")
-    p.set_defaults(func=_user_errors(run_shard))
+    p.set_defaults(func=run_shard)
 
     p = data_sub.add_parser("inspect", help="summarise a shard set and draw its first samples",
                             description="Print a manifest's summary and write a picture of the first samples.",
@@ -88,7 +69,7 @@ def register(sub) -> None:
                    help="read as this data kind instead of the manifest's default")
     p.add_argument("--num-classes", type=int, default=None, metavar="K", help="K for --data-kind")
     p.add_argument("--verify", action="store_true", help="check every shard read against its sha256")
-    p.set_defaults(func=_user_errors(run_inspect))
+    p.set_defaults(func=run_inspect)
 
 
 def run_shard(args) -> int:

@@ -1,8 +1,7 @@
 """`bfn eval RUN_OR_MODEL_URI`: the likelihood table on the test shards, logged to the run."""
 from __future__ import annotations
 
-import argparse
-
+from bfn_platform.commands.common import add_json, command
 from bfn_platform.console import console
 
 EPILOG = """examples:
@@ -18,8 +17,7 @@ errors: across test examples, and Monte Carlo across repeats (with --repeats 2 o
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="likelihood table of a trained model on its test shards", description=__doc__,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "eval", __doc__, help="likelihood table of a trained model on its test shards", epilog=EPILOG)
     p.add_argument("model", metavar="RUN_OR_MODEL_URI", help="run id, runs:/RUN/model, models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--steps", default="10,25,50,100,1000,inf", help="step counts, 'inf' for continuous time (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=1, help="Monte Carlo repeats per example (default 1)")
@@ -30,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="Ray tasks that each evaluate a share of the test set (a GPU each on GPUs); 0: this process")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    add_json(p, "the table")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from bfn_platform.commands.common import add_jobs_address, add_json, command
+
 EPILOG = """examples:
   bfn jobs list --json
   bfn jobs status train-digits-1a2b3c4d
@@ -14,18 +16,17 @@ address: --address, else RAY_ADDRESS (http://...), else BFN_RAY_DASHBOARD (.bfn/
 
 
 def register(sub) -> None:
-    p = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs", description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "jobs", __doc__, help="list, inspect, follow and stop Ray jobs", epilog=EPILOG)
     jsub = p.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND")
     jsub.required = True
     for name, helptext in (("list", "jobs of the cluster, newest first"), ("status", "one job's state"),
                            ("logs", "one job's driver log"), ("stop", "stop a running job")):
         s = jsub.add_parser(name, help=helptext, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-        s.add_argument("--address", metavar="URL", help="Ray Jobs API address (http://HEAD:8265)")
+        add_jobs_address(s)
         if name != "list":
             s.add_argument("job", metavar="JOB", help="job (submission) id")
         if name in ("list", "status"):
-            s.add_argument("--json", action="store_true")
+            add_json(s)
         if name == "logs":
             s.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
         s.set_defaults(func={"list": run_list, "status": run_status, "logs": run_logs, "stop": run_stop}[name])

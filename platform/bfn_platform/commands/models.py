@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from bfn_platform.commands.common import add_json, command
 from bfn_platform.errors import BfnError
-from pipelines.names import test_metric, test_se_metric
+from pipelines.names import TAG_MODEL_ID, TAG_REGISTERED_RUN, test_metric, test_se_metric
 
 EPILOG = """examples:
   bfn models register 3f2c9a... --name digits
@@ -26,8 +27,7 @@ EPILOG = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="model registry: register, list, show, promote, roll back",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "models", __doc__, help="model registry: register, list, show, promote, roll back", epilog=EPILOG)
     msub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
     msub.required = True
 
@@ -36,11 +36,11 @@ def register(sub) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("run", metavar="RUN", help="run id of a finished training run")
     r.add_argument("--name", required=True, help="registered model name (created if new)")
-    r.add_argument("--json", action="store_true")
+    add_json(r)
     r.set_defaults(func=run_register)
 
     ls = msub.add_parser("list", help="registered models with their versions and aliases")
-    ls.add_argument("--json", action="store_true")
+    add_json(ls)
     ls.set_defaults(func=run_list)
 
     s = msub.add_parser("show", help="versions, aliases, likelihood results and promotion history of NAME",
@@ -48,7 +48,7 @@ def register(sub) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("name", metavar="NAME")
     s.add_argument("--steps", default="inf", help="step label to show (default: inf)")
-    s.add_argument("--json", action="store_true")
+    add_json(s)
     s.set_defaults(func=run_show)
 
     pr = msub.add_parser("promote", help="move an alias (default champion) to VERSION, guarded by likelihood",
@@ -61,7 +61,7 @@ def register(sub) -> None:
     pr.add_argument("--steps", default="inf", help="step count of the compared bound: an integer or inf (default inf)")
     pr.add_argument("--force", action="store_true", help="promote even if the guard refuses (needs --reason)")
     pr.add_argument("--reason", help="why: recorded with the promotion (required with --force)")
-    pr.add_argument("--json", action="store_true")
+    add_json(pr)
     pr.set_defaults(func=run_promote)
 
     rb = msub.add_parser("rollback", help="move @champion back to @previous-champion",
@@ -70,7 +70,7 @@ def register(sub) -> None:
     rb.add_argument("name", metavar="NAME")
     rb.add_argument("--alias", default="champion")
     rb.add_argument("--reason")
-    rb.add_argument("--json", action="store_true")
+    add_json(rb)
     rb.set_defaults(func=run_rollback)
 
 
@@ -100,14 +100,13 @@ def run_register(args) -> int:
     from mlflow.exceptions import MlflowException
 
     from bfn_platform.console import console
-    from pipelines.model_store import RUN_TAG_MODEL_ID
 
     client = _client()
     try:
         run = client.get_run(args.run)
     except MlflowException:
         raise BfnError(f"unknown run {args.run}: no such run (find runs with `bfn runs list`)") from None
-    model_id = run.data.tags.get(RUN_TAG_MODEL_ID)
+    model_id = run.data.tags.get(TAG_MODEL_ID)
     if not model_id:
         raise BfnError(f"run {args.run} has no logged model (status {run.info.status}): only finished training runs "
                        f"can be registered (resume it with `bfn train --resume {args.run}`)")
@@ -120,7 +119,7 @@ def run_register(args) -> int:
             if "already exists" not in str(err).lower():
                 raise BfnError(f"cannot create registered model {args.name}: {err.message.splitlines()[0]}") from None
     mv = client.create_model_version(args.name, source=f"models:/{model_id}", run_id=args.run, model_id=model_id,
-                                     tags={"bfn.run_id": args.run,
+                                     tags={TAG_REGISTERED_RUN: args.run,
                                            "bfn.eval.test_sha256": run.data.tags.get("bfn.eval.test_sha256", "")})
     if args.json:
         print(json.dumps({"name": mv.name, "version": str(mv.version), "run_id": args.run, "model_id": model_id}))

@@ -6,9 +6,9 @@ it to the local MLflow store, and compares the model with the independent-pixel 
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from bfn_platform.commands.common import command
 from bfn_platform.console import console, progress_bar
 from bfn_platform.errors import BfnError
 
@@ -26,8 +26,7 @@ EVAL_REPEATS = 20
 
 
 def register(sub) -> None:
-    p = sub.add_parser("quickstart", help="shard digits, train on Ray, evaluate, sample: all locally",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "quickstart", __doc__, help="shard digits, train on Ray, evaluate, sample: all locally", epilog=EPILOG)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's, 600)")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     p.add_argument("--config", default=str(CONFIG), help="experiment config (default: configs/digits_discretised.yaml)")
@@ -59,10 +58,10 @@ def run(args) -> int:
             task = bar.add_task(f"shard {split}", total=None, info="")
             write_shards(source, split, str(data), shard_size=50,
                          on_progress=lambda done, total, name, t=task: bar.update(t, completed=done, total=total, info=name))
-    overrides = [f"data.{s}={data / s / 'manifest.json'}" for s in ("train", "val", "test")]
-    overrides += [f"scaling.num_workers={args.workers}", "tracking.experiment=quickstart"]
+    overrides = {f"data.{s}": str(data / s / "manifest.json") for s in ("train", "val", "test")}
+    overrides.update({"scaling.num_workers": args.workers, "tracking.experiment": "quickstart"})
     if args.steps:
-        overrides.append(f"training.steps={args.steps}")
+        overrides["training.steps"] = args.steps
     cfg = load_config(args.config, overrides)
     console.print(f"[bold]training[/] a discretised BFN (K={cfg.data.num_classes}) on digits: {cfg.training.steps} steps, "
                   f"{cfg.scaling.num_workers} Ray Train workers x batch {cfg.training.batch_size}")

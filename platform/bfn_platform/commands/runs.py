@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bfn_platform.commands.common import add_json, command
 from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
@@ -21,8 +22,7 @@ CURVES = ("loss", "val_bits_inf")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("runs", help="browse MLflow runs: list, show, compare", description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "runs", __doc__, help="browse MLflow runs: list, show, compare", epilog=EPILOG)
     rsub = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND")
     rsub.required = True
 
@@ -35,12 +35,12 @@ def register(sub) -> None:
     ls.add_argument("--sort", action="append", default=[], metavar="KEY [ASC|DESC]",
                     help="order, e.g. 'metrics.test_bits_inf' or 'attributes.start_time DESC' (repeatable)")
     ls.add_argument("--max", type=int, default=50, metavar="N", help="at most N runs (default 50)")
-    ls.add_argument("--json", action="store_true")
+    add_json(ls)
     ls.set_defaults(func=run_list)
 
     s = rsub.add_parser("show", help="params, metrics, artifacts and the likelihood table of RUN")
     s.add_argument("run", metavar="RUN")
-    s.add_argument("--json", action="store_true")
+    add_json(s)
     s.set_defaults(func=run_show)
 
     c = rsub.add_parser("compare", help="RUNs side by side, and a PNG of their loss / val_bits_inf curves",
@@ -50,7 +50,7 @@ def register(sub) -> None:
     c.add_argument("--out", metavar="PNG", help="picture of the curves (default: $BFN_HOME/compare/<ids>.png)")
     c.add_argument("--metric", action="append", default=[], metavar="NAME",
                    help=f"curves to draw (default: {', '.join(CURVES)})")
-    c.add_argument("--json", action="store_true")
+    add_json(c)
     c.set_defaults(func=run_compare)
 
 

@@ -1,8 +1,7 @@
 """`bfn sample RUN_OR_MODEL_URI`: draw samples, save them as .npy and as a picture (or text)."""
 from __future__ import annotations
 
-import argparse
-
+from bfn_platform.commands.common import command
 from bfn_platform.console import console
 
 EPILOG = """examples:
@@ -12,8 +11,7 @@ EPILOG = """examples:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sample", help="draw samples from a trained model", description=__doc__, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "sample", __doc__, help="draw samples from a trained model", epilog=EPILOG)
     p.add_argument("model", metavar="RUN_OR_MODEL_URI", help="run id, runs:/RUN/model, models:/NAME@ALIAS or models:/NAME/VERSION")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=int, default=100, help="sampling steps (default 100)")

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bfn_platform.commands.common import add_json, command
 from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
@@ -27,8 +28,7 @@ HOME/stack/, and `down` saves the S3 buckets' objects to HOME/stack/s3 (restored
 
 
 def register(sub) -> None:
-    p = sub.add_parser("stack", help="start / check / stop the local services (Ray, MLflow, S3) on loopback",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "stack", __doc__, help="start / check / stop the local services (Ray, MLflow, S3) on loopback", epilog=EPILOG)
     ssub = p.add_subparsers(dest="stack_command", metavar="SUBCOMMAND")
     ssub.required = True
     for name, helptext in (("up", "start what is not running and write the env file"),
@@ -38,7 +38,7 @@ def register(sub) -> None:
         if name == "up":
             s.add_argument("--ports", metavar="NAME=PORT,...",
                            help="override ports: ray, dashboard, client, mlflow, s3 (kept until `down`)")
-        s.add_argument("--json", action="store_true")
+        add_json(s)
         s.set_defaults(func={"up": run_up, "status": run_status, "down": run_down}[name])
 
 

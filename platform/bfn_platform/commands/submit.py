@@ -7,9 +7,11 @@ values are passed to Ray, never printed.
 from __future__ import annotations
 
 import argparse
+
 import shlex
 import time
 
+from bfn_platform.commands.common import add_jobs_address, command
 from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
@@ -24,9 +26,8 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("submit", help="run a bfn command as a Ray job on a cluster", description=__doc__,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--address", metavar="URL", help="Ray Jobs API (dashboard) address, e.g. http://HEAD:8265")
+    p = command(sub, "submit", __doc__, help="run a bfn command as a Ray job on a cluster", epilog=EPILOG)
+    add_jobs_address(p)
     p.add_argument("--name", help="job name (the job id starts with it)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--no-wait", action="store_true", help="print the job id and return at once")

@@ -1,8 +1,7 @@
 """`bfn sweep SPEC`: Ray Tune + Optuna (TPE) + ASHA over accuracy schedules and step counts, tracked in MLflow."""
 from __future__ import annotations
 
-import argparse
-
+from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, command, overrides
 from bfn_platform.console import console
 
 EPILOG = """examples:
@@ -17,14 +16,12 @@ outputs:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="search sigma_1 / beta_1 and step counts with Ray Tune, Optuna and ASHA",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "sweep", __doc__, help="search sigma_1 / beta_1 and step counts with Ray Tune, Optuna and ASHA", epilog=EPILOG)
     p.add_argument("spec", help="sweep spec (YAML); see configs/sweeps/")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec value, e.g. budget.trials=4 or set.training.steps=100 (repeatable)")
+    add_overrides(p, "budget.trials=4", "spec")
     p.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep; finished trials are not run again")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--json", action="store_true", help="print the outcome as JSON on the last line")
+    add_ray_address(p)
+    add_json(p, "the outcome as JSON on the last line")
     p.set_defaults(func=run)
 
 
@@ -33,7 +30,7 @@ def run(args) -> int:
 
     from sweeps.spec import check_spec, load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, overrides(args))
     check_spec(spec)  # every bad value fails here, before Ray starts
     from sweeps.run import run_sweep
 

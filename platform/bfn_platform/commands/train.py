@@ -1,9 +1,9 @@
 """`bfn train CONFIG`: a Ray Train run tracked in MLflow."""
 from __future__ import annotations
 
-import argparse
-
+from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, command, overrides
 from bfn_platform.console import console
+from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
   bfn train configs/digits_discretised.yaml
@@ -17,14 +17,12 @@ environment:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a BFN on Ray Train, tracked in MLflow", description=__doc__,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "train", __doc__, help="train a BFN on Ray Train, tracked in MLflow", epilog=EPILOG)
     p.add_argument("config", nargs="?", help="experiment config (YAML); see configs/")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. training.steps=100 (repeatable)")
+    add_overrides(p, "training.steps=100", "config")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last checkpoint")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    add_ray_address(p)
+    add_json(p, "the outcome")
     p.set_defaults(func=run)
 
 
@@ -32,12 +30,11 @@ def run(args) -> int:
     import json
 
     from pipelines.config import load_config
-    from pipelines.errors import PipelineError
     from pipelines.train import train
 
     if not args.config and not args.resume:
-        raise PipelineError("bfn train needs a CONFIG file or --resume RUN (see `bfn train --help`)")
-    cfg = load_config(args.config, args.overrides) if args.config else None
+        raise BfnError("bfn train needs a CONFIG file or --resume RUN (see `bfn train --help`)")
+    cfg = load_config(args.config, overrides(args)) if args.config else None
     if cfg is not None:
         console.print(f"training [bold]{cfg.model.network}[/] on {cfg.data.kind} data with {cfg.scaling.num_workers} worker(s), "
                       f"{cfg.training.steps} steps")

@@ -6,12 +6,12 @@ server, that server already serves the UI: its address is printed and nothing is
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
 
+from bfn_platform.commands.common import command
 from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
@@ -24,8 +24,7 @@ EPILOG = """examples:
 def register(sub) -> None:
     from bfn_platform import settings
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store", description=__doc__,
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, "ui", __doc__, help="start the MLflow UI on 127.0.0.1 for the tracking store", epilog=EPILOG)
     p.add_argument("--port", type=int, default=settings.MLFLOW_PORT, help="port (default: %(default)s)")
     p.set_defaults(func=run)
 
@@ -38,7 +37,7 @@ def server_command(store: str, port: int, artifacts: str) -> list[str]:
 
 def run(args) -> int:
     from bfn_platform.console import console
-    from bfn_platform.stack import port_in_use
+    from bfn_platform.processes import port_in_use
     from pipelines.tracking import bfn_home, check_tracking_server, tracking_uri
 
     uri = tracking_uri()
@@ -59,12 +58,12 @@ def run(args) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        from bfn_platform.stack import stop_group
+        from bfn_platform.processes import stop_group
 
         stop_group(proc.pid)
         return 0
     finally:
         if proc.poll() is None:
-            from bfn_platform.stack import stop_group
+            from bfn_platform.processes import stop_group
 
             stop_group(proc.pid)

@@ -1,0 +1,142 @@
+"""Read a piece of one shard (a run of its samples) as blocks of stored arrays, and say what is wrong
+with a shard that cannot be read.
+
+A module of its own so that the reader (reader.py) deals in samples, epochs and padding, while the
+bytes (tar records, ranged reads, checksums) stay here.  Shards in the fixed record layout the
+writer produces (``manifest.layout``, see tarlayout.py) are read in blocks of about 1 MiB: a seek
+locally or one ranged GET on S3 per piece, all headers of a block checked at once.  Anything else
+(or a block that fails the checks) goes through webdataset's member-by-member tar iterator, which
+also gives the precise diagnosis of a corrupt shard.  ``verify_sha256`` fetches each shard whole
+and checks it against the manifest first.  Stored values outside 0..K-1 count as corruption too.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from contextlib import closing
+from typing import Iterator
+
+import numpy as np
+
+from pipelines.data import storage
+from pipelines.data.epoch_plan import Piece
+from pipelines.data.manifest import Manifest, ShardInfo
+from pipelines.data.tarlayout import LayoutError, parse_records, record_bytes
+
+READ_BLOCK_BYTES = 1 << 20  # samples are read, checked and transformed in blocks of about this size
+
+Block = tuple[list[str], np.ndarray]  # (keys, array (m, *shape) of the stored dtype)
+
+
+class CorruptShard(Exception):
+    """A shard's content contradicts its manifest or schema; the message is the reason."""
+
+
+# What reading a missing or damaged shard raises (besides CorruptShard): a truncated or garbled tar
+# fails in tarfile, webdataset or numpy with any of these.
+UNREADABLE_SHARD_ERRORS = (FileNotFoundError, CorruptShard, tarfile.TarError, ValueError, KeyError, EOFError, OSError)
+
+
+def unreadable_reason(err: BaseException) -> str:
+    """A short reason, without the stream objects webdataset appends to exception args."""
+    if isinstance(err, FileNotFoundError):
+        return "it is missing"
+    text = str(err.args[0]) if err.args else type(err).__name__
+    text = text.split(" @ <", 1)[0]
+    return text if isinstance(err, CorruptShard) else f"{type(err).__name__}: {text}"
+
+
+class BlockReader:
+    """The stored samples of pieces of ``manifest``'s shards, as :data:`Block` s."""
+
+    def __init__(self, manifest: Manifest, *, verify_sha256: bool):
+        self.manifest, self.verify_sha256 = manifest, verify_sha256
+        self.field = manifest.field
+        self.member = self.field.member("x")
+        # grey levels and classes must lie in 0..K-1: a flipped byte beyond it would index out of range
+        integer = np.dtype(self.field.dtype).kind in "iu"
+        self.limit = self.field.num_classes if integer and self.field.num_classes else None
+        layout = manifest.layout or {}
+        fixed = layout.get("tar") == "ustar" and layout.get("record_bytes") == record_bytes(self.field.nbytes)
+        self.record = int(layout["record_bytes"]) if fixed else None
+        self.key_chars = int(layout.get("key_chars", 0))
+
+    def blocks(self, piece: Piece) -> Iterator[Block]:
+        """The piece's samples; a missing or damaged shard raises one of UNREADABLE_SHARD_ERRORS
+        (StorageError for an unreachable store, which is not the shard's fault)."""
+        info = self.manifest.shards[piece.shard]
+        url = self.manifest.shard_url(info)
+        for keys, raw in self._raw_blocks(url, info, piece):
+            block = raw.view(self.field.dtype).reshape(len(keys), *self.field.shape)
+            if self.limit is not None and block.size and block.max() >= self.limit:
+                row = int(np.argmax(block.reshape(len(keys), -1).max(axis=1) >= self.limit))
+                raise CorruptShard(f"sample {keys[row]!r} holds {int(block[row].max())}, outside 0..{self.limit - 1}")
+            yield keys, block
+
+    def _raw_blocks(self, url: str, info: ShardInfo, piece: Piece) -> Iterator[Block]:
+        """Raw (keys, uint8 (m, member bytes)) blocks: the fixed-layout fast path when the manifest
+        promises it, falling back to webdataset's general tar iterator from wherever it stopped."""
+        data = None
+        if self.verify_sha256:
+            data = storage.read_bytes(url)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != info.sha256:
+                raise CorruptShard(f"sha256 {digest} differs from the manifest's {info.sha256}")
+        done = 0
+        if self.record is not None:
+            try:
+                for keys, raw in self._fixed_blocks(url, piece, data):
+                    yield keys, raw
+                    done += len(keys)
+                return
+            except LayoutError:
+                pass  # not the promised layout here: let the general reader read it or say what is wrong
+        rest = Piece(piece.shard, piece.skip + done, piece.take - done)
+        yield from self._general_blocks(url, info, rest, data)
+
+    def _fixed_blocks(self, url: str, piece: Piece, data: bytes | None) -> Iterator[Block]:
+        record = self.record
+        per_block = max(1, min(piece.take, READ_BLOCK_BYTES // record))
+        start, length = piece.skip * record, piece.take * record
+        stream = io.BytesIO(data[start:start + length]) if data is not None else storage.open_range(url, start, length)
+        with closing(stream):
+            left = piece.take
+            while left > 0:
+                m = min(per_block, left)
+                buf = stream.read(m * record)
+                yield parse_records(buf, count=m, member_bytes=self.field.nbytes, suffix=self.member,
+                                    key_chars=self.key_chars)
+                left -= m
+
+    def _general_blocks(self, url: str, info: ShardInfo, piece: Piece, data: bytes | None) -> Iterator[Block]:
+        """Any webdataset tar, member by member through webdataset's iterators (``tarfile``)."""
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        end = piece.skip + piece.take
+        per_block = max(1, READ_BLOCK_BYTES // max(self.field.nbytes, 1))
+        keys: list[str] = []
+        rows: list[np.ndarray] = []
+        stream = io.BytesIO(data) if data is not None else storage.open_read(url)
+        with closing(stream):
+            n = 0
+            for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                if n >= piece.skip:
+                    payload = sample.get(self.member)
+                    if payload is None:
+                        raise CorruptShard(f"sample {sample.get('__key__')!r} has no member {self.member!r}")
+                    if len(payload) != self.field.nbytes:
+                        raise CorruptShard(f"sample {sample['__key__']!r} has {len(payload)} bytes, the schema "
+                                           f"says {self.field.nbytes}")
+                    keys.append(sample["__key__"])
+                    rows.append(np.frombuffer(payload, dtype=np.uint8))
+                    if len(keys) == per_block:
+                        yield keys, np.stack(rows)
+                        keys, rows = [], []
+                n += 1
+                if n >= end:
+                    break
+            if keys:
+                yield keys, np.stack(rows)
+            if n < end:
+                raise CorruptShard(f"it holds {n} samples, the manifest lists {info.num_samples}")

@@ -1,0 +1,46 @@
+"""The argument shapes several commands share, defined once, so each command module holds only what
+its command does: the parser with its examples, `--set` (parsed to typed values here, the one place
+where override text becomes values), `--json`, and the two kinds of cluster address."""
+from __future__ import annotations
+
+import argparse
+
+from bfn_platform.errors import BfnError
+
+
+def command(sub, name: str, doc: str, *, help: str, epilog: str = "") -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its module docstring and its examples as written."""
+    return sub.add_parser(name, help=help, description=doc, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _override(item: str) -> tuple[str, object]:
+    from pipelines.config import parse_overrides
+
+    try:
+        return next(iter(parse_overrides([item]).items()))
+    except BfnError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_overrides(p: argparse.ArgumentParser, example: str = "training.steps=100", what: str = "config") -> None:
+    """--set KEY=VALUE (repeatable): typed overrides, read by `overrides(args)`."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], type=_override, metavar="KEY=VALUE",
+                   help=f"override a {what} value, e.g. {example} (repeatable; values are YAML)")
+
+
+def overrides(args) -> dict[str, object]:
+    """The --set values of a command, in order ({dotted path: typed value})."""
+    return dict(args.overrides)
+
+
+def add_json(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def add_ray_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+
+def add_jobs_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", metavar="URL", help="Ray Jobs API (dashboard) address, e.g. http://HEAD:8265")
