@@ -80,7 +80,7 @@ def search(kind: str, trials: int, steps: int, storage: str, seed: int) -> tuple
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from sweeps.run import _scheduler, _searcher
+    from sweeps.run import make_scheduler, make_searcher
     from sweeps.spec import load_spec
 
     spec = load_spec(HERE.parent / "configs" / "sweeps" / "digits_sigma.yaml", [
@@ -90,8 +90,8 @@ def search(kind: str, trials: int, steps: int, storage: str, seed: int) -> tuple
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(tune_trial, max_steps=steps), {"CPU": 1}),
         param_space={"sigma_1": tune.loguniform(*SIGMA_RANGE)},
-        tune_config=tune.TuneConfig(metric="objective", mode="min", search_alg=_searcher(spec, f"bench-{kind}-{time.time_ns()}"),
-                                    scheduler=_scheduler(spec, base, ASHAScheduler, FIFOScheduler), num_samples=trials,
+        tune_config=tune.TuneConfig(metric="objective", mode="min", search_alg=make_searcher(spec, f"bench-{kind}-{time.time_ns()}"),
+                                    scheduler=make_scheduler(spec, base, ASHAScheduler, FIFOScheduler), num_samples=trials,
                                     max_concurrent_trials=2),
         run_config=tune.RunConfig(name=f"bench-{kind.replace('+', '-')}-{time.time_ns()}", storage_path=storage, verbose=0),
     )

@@ -69,7 +69,17 @@ def _edge_density(ws: _Workspace, z: Tensor, name: str = "phi") -> Tensor:
     return torch.mul(z, z, out=ws(name, z.shape[0], z.shape[1])).mul_(-0.5).clamp_min_(-80.0).exp_().mul_(INV_SQRT_2PI)
 
 
-class _BinnedMean(torch.autograd.Function):
+class _GradsOfMuSigma(torch.autograd.Function):
+    """A kernel whose forward computes its outputs' derivatives w.r.t. (mu, sigma), the first two inputs,
+    saves them, and has no gradient for the other inputs: backward is the chain rule, elementwise."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        gmu, gsig = ctx.saved_tensors
+        return (grad * gmu, grad * gsig) + (None,) * ctx.n_other_inputs
+
+
+class _BinnedMean(_GradsOfMuSigma):
     """sum_k p_k c_k = c_0 + (2/K) sum_j (1 - Phi(z_j)), with d/dmu and d/dsigma from phi(z_j)."""
 
     @staticmethod
@@ -95,12 +105,8 @@ class _BinnedMean(torch.autograd.Function):
                 gsig[a:b] = width * phi.mul_(z).sum(-1) * inv_s[:, 0]
         if need:
             ctx.save_for_backward(gmu.reshape(shape), gsig.reshape(shape))
+        ctx.n_other_inputs = 1
         return out.reshape(shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        gmu, gsig = ctx.saved_tensors
-        return grad * gmu, grad * gsig, None
 
 
 def binned_mean(mu: Tensor, sigma: Tensor, k: int) -> Tensor:
@@ -108,7 +114,7 @@ def binned_mean(mu: Tensor, sigma: Tensor, k: int) -> Tensor:
     return _BinnedMean.apply(mu, sigma, k)
 
 
-class _ReceiverNLL(torch.autograd.Function):
+class _ReceiverNLL(_GradsOfMuSigma):
     """-(1/S) sum_s ln sum_k p_k exp(-alpha/2 (c_k - x)(c_k + x - 2 y_s)), per dimension."""
 
     @staticmethod
@@ -167,12 +173,8 @@ class _ReceiverNLL(torch.autograd.Function):
                     grad_out[a:b] = d.mul_(weights).sum(-1) * inv_s[:, 0]
         if need:
             ctx.save_for_backward(gmu.reshape(shape), gsig.reshape(shape))
+        ctx.n_other_inputs = 5
         return out.reshape(shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        gmu, gsig = ctx.saved_tensors
-        return grad * gmu, grad * gsig, None, None, None, None, None
 
 
 def receiver_nll(mu: Tensor, sigma: Tensor, x: Tensor, ys: Tensor, alpha: Tensor, k: int, min_prob: float = 1e-5) -> Tensor:

@@ -147,7 +147,7 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
         raise PipelineError(f"the test data {prep.cfg.data.test} holds examples of shape {list(prep.data_shape)}, "
                             f"the model {ref} takes {list(loaded.data_shape)}: pass the matching --data")
     manifest, info = prep.cfg.data.test, prep.manifests["test"]
-    unit = "char" if info.field.content == "text" else "dim"
+    unit = info.bits_unit
     if on_start:
         on_start(info.num_samples)
     steps = list(steps)

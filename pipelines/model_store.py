@@ -25,6 +25,7 @@ class LoadedModel:
 
 
 def model_meta(config: dict, data_shape, bfn_kwargs: dict) -> dict:
+    """What a checkpoint's and a logged model's config.json hold: enough to build the BFN again."""
     return {"experiment": config, "data_shape": list(data_shape), "bfn": bfn_kwargs, "format": 1}
 
 

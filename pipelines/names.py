@@ -86,6 +86,10 @@ ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"
 ENV_AWS_REGION = "AWS_REGION"
 ENV_AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
+ENV_AWS_ENDPOINT_URL_S3 = "AWS_ENDPOINT_URL_S3"  # the S3-only endpoint, preferred (as boto3 does) to AWS_ENDPOINT_URL
+ENV_AWS_MAX_ATTEMPTS = "AWS_MAX_ATTEMPTS"  # S3 attempts per request, the first included
+ENV_AWS_PROFILE = "AWS_PROFILE"
+ENV_S3_CONNECT_TIMEOUT = "BFN_S3_CONNECT_TIMEOUT"  # seconds
 ENV_BFN_STORAGE = "BFN_STORAGE_PATH"  # Ray Train checkpoints: a local path or s3://bucket/prefix
 ENV_BFN_DATA = "BFN_DATA_URL"         # where shards live: a local path or s3://bucket/prefix
 ENV_BFN_HOME = "BFN_HOME"             # local state (default ./.bfn)
@@ -120,4 +124,6 @@ CONNECTING_ENV_VARS = RAY_CLIENT_ENV_VARS + SERVICE_ENV_VARS
 # What travels, where set, to the Ray workers of a local or joined cluster (runtime_env) and to the
 # driver and workers of a submitted job: the services' settings, plus session credentials, the
 # region's other spelling, local state and the promoting user.
-WORKER_ENV_VARS = SERVICE_ENV_VARS + (ENV_AWS_REGION, ENV_AWS_SESSION_TOKEN, ENV_BFN_HOME, ENV_BFN_USER)
+# The S3 tuning variables travel too: workers must reach the same endpoint with the same retries.
+WORKER_ENV_VARS = SERVICE_ENV_VARS + (ENV_AWS_REGION, ENV_AWS_SESSION_TOKEN, ENV_AWS_ENDPOINT_URL_S3, ENV_AWS_MAX_ATTEMPTS,
+                                      ENV_S3_CONNECT_TIMEOUT, ENV_BFN_HOME, ENV_BFN_USER)

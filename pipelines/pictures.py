@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.data.text import TEXT8_ALPHABET
+
 
 def save_figure(fig, path: str | Path, dpi: int | None = None) -> Path:
     """Write a matplotlib figure (creating its folder) and free it."""
@@ -90,7 +92,6 @@ def save_text_samples(samples: np.ndarray, path: str | Path, alphabet: str) -> P
     return path
 
 
-TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 
 
 def save_scatter(points: np.ndarray, path: str | Path, title: str | None = None) -> Path:

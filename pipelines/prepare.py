@@ -125,26 +125,13 @@ def data_report(cfg: ExperimentConfig, splits=SPLITS) -> DataReport:
 
 
 def storage_location(path: str | None):
-    """(storage_path, pyarrow filesystem or None) for RunConfig: local folder or s3://bucket/prefix.
-    Unset, it is $BFN_STORAGE_PATH (the stack's and the cluster's checkpoint store), else ./.bfn/ray_results."""
+    """(storage_path, filesystem or None) for Ray Train: the config's storage.path, else $BFN_STORAGE_PATH
+    (the stack's and the cluster's checkpoint store), else ./.bfn/ray_results; S3 through the same
+    settings as the shards (pipelines/data/s3.py)."""
+    from pipelines.data.storage import checkpoint_location
     from pipelines.tracking import bfn_home
 
-    path = path or os.environ.get(ENV_BFN_STORAGE) or str(bfn_home() / "ray_results")
-    if path.startswith("s3://"):
-        import pyarrow.fs
-
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        kwargs = {}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs = {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
-        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-        if region:
-            kwargs["region"] = region
-        return path[len("s3://"):].rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    return str(Path(path).resolve()), None
+    return checkpoint_location(path, os.environ.get(ENV_BFN_STORAGE) or str(bfn_home() / "ray_results"))
 
 
 @dataclass(frozen=True)

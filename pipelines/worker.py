@@ -22,6 +22,7 @@ from torch import nn
 from bfn_core import LikelihoodAccumulator, accumulate_likelihood, make_bfn
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from pipelines.config import ExperimentConfig
+from pipelines.model_store import model_meta
 from pipelines.names import (
     CHECKPOINT_SCORE,
     ENV_MLFLOW_TRACKING_URI,
@@ -217,8 +218,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.add(step, **{RESUMED_FROM_STEP: step})  # one point per restart: where training picked up
     dims = math.prod(data_shape)
     batches = train_batches(cfg, rank, world, step, device)
-    saved_config = {"experiment": cfg.model_dump(mode="json"), "data_shape": list(data_shape),
-                    "bfn": cfg.bfn_kwargs(), "format": 1}
+    saved_config = model_meta(cfg.model_dump(mode="json"), data_shape, cfg.bfn_kwargs())
     tick, tick_step, rate = time.perf_counter(), step, float("nan")
     while step < t.steps:
         micro = [next(batches) for _ in range(cfg.accumulation_steps)]

@@ -174,8 +174,8 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
             tuner = tune.Tuner(
                 trainable,
                 param_space=tune_space(spec),
-                tune_config=tune.TuneConfig(metric=OBJECTIVE, mode=spec.objective.mode, search_alg=_searcher(spec, name),
-                                            scheduler=_scheduler(spec, base, ASHAScheduler, FIFOScheduler),
+                tune_config=tune.TuneConfig(metric=OBJECTIVE, mode=spec.objective.mode, search_alg=make_searcher(spec, name),
+                                            scheduler=make_scheduler(spec, base, ASHAScheduler, FIFOScheduler),
                                             num_samples=spec.budget.trials, max_concurrent_trials=spec.budget.concurrent,
                                             time_budget_s=spec.budget.time_limit_s),
                 run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=fs, callbacks=callbacks,
@@ -195,7 +195,7 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
     return outcome
 
 
-def _searcher(spec: SweepSpec, name: str):
+def make_searcher(spec: SweepSpec, name: str):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -214,7 +214,7 @@ def _searcher(spec: SweepSpec, name: str):
     return OptunaSearch(sampler=sampler, study_name=name, storage=storage)
 
 
-def _scheduler(spec: SweepSpec, base, asha_cls, fifo_cls):
+def make_scheduler(spec: SweepSpec, base, asha_cls, fifo_cls):
     if not spec.asha.enabled:
         return fifo_cls()
     return asha_cls(time_attr=STEP, max_t=base.training.steps, grace_period=spec.asha.grace_period,

@@ -23,16 +23,21 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Mapping
 
 from pipelines.data.urls import Location, redact
 from pipelines.errors import StorageError
-from pipelines.names import ENV_AWS_ACCESS_KEY_ID, ENV_AWS_DEFAULT_REGION, ENV_AWS_ENDPOINT_URL, ENV_AWS_REGION
+from pipelines.names import (
+    ENV_AWS_ACCESS_KEY_ID,
+    ENV_AWS_DEFAULT_REGION,
+    ENV_AWS_ENDPOINT_URL,
+    ENV_AWS_ENDPOINT_URL_S3,
+    ENV_AWS_MAX_ATTEMPTS,
+    ENV_AWS_PROFILE,
+    ENV_AWS_REGION,
+    ENV_S3_CONNECT_TIMEOUT,
+)
 
 if TYPE_CHECKING:
     import pyarrow.fs
 
 # Read only here (the SDKs read them too); candidates for pipelines.names when something else needs them.
-ENV_AWS_ENDPOINT_URL_S3 = "AWS_ENDPOINT_URL_S3"  # the S3-only endpoint, preferred as boto3 does
-ENV_AWS_MAX_ATTEMPTS = "AWS_MAX_ATTEMPTS"
-ENV_AWS_PROFILE = "AWS_PROFILE"
-ENV_S3_CONNECT_TIMEOUT = "BFN_S3_CONNECT_TIMEOUT"
 
 DEFAULT_REGION = "us-east-1"  # what both SDKs fall back to; set explicitly so neither probes EC2 metadata
 READ_BUFFER = 1 << 20  # bytes per read from an S3 body: big enough to amortise HTTP chunking

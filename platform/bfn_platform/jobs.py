@@ -78,7 +78,7 @@ def runtime_env(root: Path | None = None, environ: dict[str, str] | None = None)
 
 def _stack_dashboard() -> tuple[str, str] | None:
     """(dashboard URL, Ray token) of the local stack under BFN_HOME, if one is recorded."""
-    from bfn_platform.stack import Stack
+    from bfn_platform.stack_state import Stack
     from pipelines.tracking import bfn_home
 
     stack = Stack.load(bfn_home())

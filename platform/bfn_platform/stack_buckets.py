@@ -6,7 +6,7 @@ import hashlib
 import json
 import shutil
 
-from bfn_platform.stack import BUCKET, REGION, Stack
+from bfn_platform.stack_state import BUCKET, REGION, Stack
 from pipelines import names as N
 
 def _s3(stack: Stack):

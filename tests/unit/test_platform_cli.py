@@ -149,7 +149,7 @@ def test_force_without_reason_is_refused_before_any_request():
 
 
 def test_parse_ports():
-    from bfn_platform.stack import DEFAULT_PORTS, parse_ports
+    from bfn_platform.stack_state import DEFAULT_PORTS, parse_ports
 
     assert parse_ports(None) == {}
     assert parse_ports("ray=16379, mlflow=15000") == {"ray": 16379, "mlflow": 15000}
@@ -240,7 +240,7 @@ def test_jobs_address_resolution(monkeypatch, tmp_path):
 def test_stack_env_file_is_private_and_complete(tmp_path):
     from bfn_platform import settings as S
     from pipelines import names as N
-    from bfn_platform.stack import Stack
+    from bfn_platform.stack_state import Stack
 
     stack = Stack(tmp_path)
     stack.ray_token()

@@ -44,3 +44,17 @@ def add_ray_address(p: argparse.ArgumentParser) -> None:
 
 def add_jobs_address(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", metavar="URL", help="Ray Jobs API (dashboard) address, e.g. http://HEAD:8265")
+
+
+def group(sub, name: str, doc: str, *, help: str, epilog: str = ""):
+    """A command made of subcommands (`bfn models list|show|...`); returns where to add them."""
+    p = command(sub, name, doc, help=help, epilog=epilog)
+    subs = p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    subs.required = True
+    return subs
+
+
+def subcommand(subs, name: str, *, help: str, epilog: str | None = None, description: str | None = None):
+    """One subcommand of a group, its description and examples shown as written."""
+    return subs.add_parser(name, help=help, description=description, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,7 +1,8 @@
 """`bfn data`: write data sets as webdataset shards (local or S3) and look inside shard sets."""
 from __future__ import annotations
 
-import argparse
+from bfn_platform.commands.common import group, subcommand
+
 import os
 from pathlib import Path
 
@@ -35,17 +36,14 @@ URL is a manifest or the folder that holds manifest.json.  Images are drawn as a
 def register(sub) -> None:
     from pipelines.data.sources import SOURCES
 
-    data = sub.add_parser("data", help="write data sets as webdataset shards and inspect shard sets",
-                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                          epilog="run `bfn data shard --help` and `bfn data inspect --help` for examples")
-    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    data_sub.required = True
+    data_sub = group(sub, "data", __doc__, help="write data sets as webdataset shards and inspect shard sets",
+                     epilog="run `bfn data shard --help` and `bfn data inspect --help` for examples")
 
     names = "\n".join(f"  {name:<18} {src.description}" for name, src in SOURCES.items())
-    p = data_sub.add_parser("shard", help="write a data set split as tar shards plus a manifest",
-                            description=f"Write one split of a data set as webdataset tar shards and a manifest.\n\n"
-                                        f"data sets:\n{names}",
-                            epilog=SHARD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(data_sub, "shard", help="write a data set split as tar shards plus a manifest",
+                   description=f"Write one split of a data set as webdataset tar shards and a manifest.\n\n"
+                               f"data sets:\n{names}",
+                   epilog=SHARD_EPILOG)
     p.add_argument("dataset", metavar="DATASET", help="one of: " + ", ".join(SOURCES))
     p.add_argument("--split", default="train", help="split to write (default: train)")
     p.add_argument("--out", default=None, metavar="URL",
@@ -57,9 +55,9 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="write only N samples (a random subset)")
     p.set_defaults(func=run_shard)
 
-    p = data_sub.add_parser("inspect", help="summarise a shard set and draw its first samples",
-                            description="Print a manifest's summary and write a picture of the first samples.",
-                            epilog=INSPECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(data_sub, "inspect", help="summarise a shard set and draw its first samples",
+                   description="Print a manifest's summary and write a picture of the first samples.",
+                   epilog=INSPECT_EPILOG)
     p.add_argument("url", metavar="URL", help="manifest URL (or its folder): path, file:// or s3://")
     p.add_argument("--count", type=int, default=None, metavar="N",
                    help="samples to draw (default: 64 images / 500 points / 8 lines)")

@@ -1,10 +1,9 @@
 """`bfn jobs list|status|logs|stop`: the Ray jobs of a cluster (the Jobs API of its dashboard)."""
 from __future__ import annotations
 
-import argparse
 import json
 
-from bfn_platform.commands.common import add_jobs_address, add_json, command
+from bfn_platform.commands.common import add_jobs_address, add_json, group, subcommand
 
 EPILOG = """examples:
   bfn jobs list --json
@@ -16,12 +15,10 @@ address: --address, else RAY_ADDRESS (http://...), else BFN_RAY_DASHBOARD (.bfn/
 
 
 def register(sub) -> None:
-    p = command(sub, "jobs", __doc__, help="list, inspect, follow and stop Ray jobs", epilog=EPILOG)
-    jsub = p.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND")
-    jsub.required = True
+    jsub = group(sub, "jobs", __doc__, help="list, inspect, follow and stop Ray jobs", epilog=EPILOG)
     for name, helptext in (("list", "jobs of the cluster, newest first"), ("status", "one job's state"),
                            ("logs", "one job's driver log"), ("stop", "stop a running job")):
-        s = jsub.add_parser(name, help=helptext, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        s = subcommand(jsub, name, help=helptext, epilog=EPILOG)
         add_jobs_address(s)
         if name != "list":
             s.add_argument("job", metavar="JOB", help="job (submission) id")

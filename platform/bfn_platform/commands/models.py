@@ -7,10 +7,9 @@ previous champion (model-version tags, a `previous-champion` alias and the model
 """
 from __future__ import annotations
 
-import argparse
 import json
 
-from bfn_platform.commands.common import add_json, command
+from bfn_platform.commands.common import add_json, group, subcommand
 from bfn_platform.errors import BfnError
 from pipelines.names import TAG_MODEL_ID, TAG_REGISTERED_RUN, test_metric, test_se_metric
 
@@ -27,34 +26,29 @@ EPILOG = """examples:
 
 
 def register(sub) -> None:
-    p = command(sub, "models", __doc__, help="model registry: register, list, show, promote, roll back", epilog=EPILOG)
-    msub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
-    msub.required = True
+    msub = group(sub, "models", __doc__, help="model registry: register, list, show, promote, roll back", epilog=EPILOG)
 
-    r = msub.add_parser("register", help="register a run's logged model as a new version of NAME",
-                        epilog="example: bfn models register 3f2c9a... --name digits",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = subcommand(msub, "register", help="register a run's logged model as a new version of NAME",
+                        epilog="example: bfn models register 3f2c9a... --name digits")
     r.add_argument("run", metavar="RUN", help="run id of a finished training run")
     r.add_argument("--name", required=True, help="registered model name (created if new)")
     add_json(r)
     r.set_defaults(func=run_register)
 
-    ls = msub.add_parser("list", help="registered models with their versions and aliases")
+    ls = subcommand(msub, "list", help="registered models with their versions and aliases")
     add_json(ls)
     ls.set_defaults(func=run_list)
 
-    s = msub.add_parser("show", help="versions, aliases, likelihood results and promotion history of NAME",
-                        epilog="example: bfn models show digits --steps 100",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = subcommand(msub, "show", help="versions, aliases, likelihood results and promotion history of NAME",
+                        epilog="example: bfn models show digits --steps 100")
     s.add_argument("name", metavar="NAME")
     s.add_argument("--steps", default="inf", help="step label to show (default: inf)")
     add_json(s)
     s.set_defaults(func=run_show)
 
-    pr = msub.add_parser("promote", help="move an alias (default champion) to VERSION, guarded by likelihood",
-                         epilog="examples:\n  bfn models promote digits 3\n"
-                                "  bfn models promote digits 2 --force --reason \"test set changed\"",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr = subcommand(msub, "promote", help="move an alias (default champion) to VERSION, guarded by likelihood",
+                    epilog="examples:\n  bfn models promote digits 3\n"
+                           "  bfn models promote digits 2 --force --reason \"test set changed\"")
     pr.add_argument("name", metavar="NAME")
     pr.add_argument("version", metavar="VERSION")
     pr.add_argument("--alias", default="champion", help="alias to move (default: champion)")
@@ -64,9 +58,8 @@ def register(sub) -> None:
     add_json(pr)
     pr.set_defaults(func=run_promote)
 
-    rb = msub.add_parser("rollback", help="move @champion back to @previous-champion",
-                         epilog="example: bfn models rollback digits --reason \"v4 samples look wrong\"",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    rb = subcommand(msub, "rollback", help="move @champion back to @previous-champion",
+                         epilog="example: bfn models rollback digits --reason \"v4 samples look wrong\"")
     rb.add_argument("name", metavar="NAME")
     rb.add_argument("--alias", default="champion")
     rb.add_argument("--reason")

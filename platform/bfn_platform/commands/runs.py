@@ -1,11 +1,11 @@
 """`bfn runs`: browse MLflow runs: list (with MLflow search filters), show one, compare several."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from bfn_platform.commands.common import add_json, command
+from bfn_platform.commands.common import add_json, group, subcommand
+from pipelines.names import LOSS, test_metric, val_metric
 from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
@@ -17,18 +17,15 @@ EPILOG = """examples:
 Filters use MLflow's search syntax: metrics.X, params.X, tags.X, attributes.status ...
 """
 
-LIST_METRICS = ("loss", "val_bits_inf", "test_bits_inf")
-CURVES = ("loss", "val_bits_inf")
+LIST_METRICS = (LOSS, val_metric("inf"), test_metric("inf"))
+CURVES = (LOSS, val_metric("inf"))
 
 
 def register(sub) -> None:
-    p = command(sub, "runs", __doc__, help="browse MLflow runs: list, show, compare", epilog=EPILOG)
-    rsub = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND")
-    rsub.required = True
+    rsub = group(sub, "runs", __doc__, help="browse MLflow runs: list, show, compare", epilog=EPILOG)
 
-    ls = rsub.add_parser("list", help="runs matching a filter, newest first",
-                         epilog='example: bfn runs list --filter "metrics.test_bits_inf < 3" --sort metrics.test_bits_inf',
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    ls = subcommand(rsub, "list", help="runs matching a filter, newest first",
+                         epilog='example: bfn runs list --filter "metrics.test_bits_inf < 3" --sort metrics.test_bits_inf')
     ls.add_argument("--experiment", "-e", action="append", default=[], metavar="NAME",
                     help="experiment name (repeatable; default: all active experiments)")
     ls.add_argument("--filter", default="", metavar="EXPR", help='MLflow search filter, e.g. "metrics.test_bits_inf < 3"')
@@ -38,14 +35,13 @@ def register(sub) -> None:
     add_json(ls)
     ls.set_defaults(func=run_list)
 
-    s = rsub.add_parser("show", help="params, metrics, artifacts and the likelihood table of RUN")
+    s = subcommand(rsub, "show", help="params, metrics, artifacts and the likelihood table of RUN")
     s.add_argument("run", metavar="RUN")
     add_json(s)
     s.set_defaults(func=run_show)
 
-    c = rsub.add_parser("compare", help="RUNs side by side, and a PNG of their loss / val_bits_inf curves",
-                        epilog="example: bfn runs compare 3f2c9a... 81d0e4... --out compare.png",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = subcommand(rsub, "compare", help="RUNs side by side, and a PNG of their loss / val_bits_inf curves",
+                        epilog="example: bfn runs compare 3f2c9a... 81d0e4... --out compare.png")
     c.add_argument("runs", metavar="RUN", nargs="+")
     c.add_argument("--out", metavar="PNG", help="picture of the curves (default: $BFN_HOME/compare/<ids>.png)")
     c.add_argument("--metric", action="append", default=[], metavar="NAME",

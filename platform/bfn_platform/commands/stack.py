@@ -8,11 +8,10 @@ down:   saves the S3 buckets to $BFN_HOME/stack/s3, then stops exactly the proce
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from bfn_platform.commands.common import add_json, command
+from bfn_platform.commands.common import add_json, group, subcommand
 from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
@@ -28,12 +27,10 @@ HOME/stack/, and `down` saves the S3 buckets' objects to HOME/stack/s3 (restored
 
 
 def register(sub) -> None:
-    p = command(sub, "stack", __doc__, help="start / check / stop the local services (Ray, MLflow, S3) on loopback", epilog=EPILOG)
-    ssub = p.add_subparsers(dest="stack_command", metavar="SUBCOMMAND")
-    ssub.required = True
+    ssub = group(sub, "stack", __doc__, help="start / check / stop the local services (Ray, MLflow, S3) on loopback", epilog=EPILOG)
     for name, helptext in (("up", "start what is not running and write the env file"),
                            ("status", "health of each service"), ("down", "save S3 data, stop what `up` started")):
-        s = ssub.add_parser(name, help=helptext, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        s = subcommand(ssub, name, help=helptext, epilog=EPILOG)
         s.add_argument("--home", metavar="DIR", help="state folder (default: $BFN_HOME, else ./.bfn)")
         if name == "up":
             s.add_argument("--ports", metavar="NAME=PORT,...",
@@ -64,7 +61,8 @@ def _table(rows: list[dict]) -> None:
 
 def run_up(args) -> int:
     from bfn_platform.console import console
-    from bfn_platform.stack import parse_ports, status, up
+    from bfn_platform.stack import status, up
+    from bfn_platform.stack_state import parse_ports
 
     ports = parse_ports(args.ports)
     quiet = args.json

@@ -1,0 +1,161 @@
+"""What the local stack is, on disk: its services, their ports and processes, its env file and
+token, recorded in $BFN_HOME/stack/state.json (stack.py starts and stops the services)."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bfn_platform import settings as S
+from bfn_platform.errors import BfnError
+from bfn_platform.processes import alive
+from pipelines import names as N
+
+BUCKET = "bfn"
+REGION = "us-east-1"
+SERVICES = ("s3", "mlflow", "ray-head", "ray-worker")  # start order; stopped in reverse
+DEFAULT_PORTS = {"ray": S.RAY_GCS_PORT, "dashboard": S.RAY_DASHBOARD_PORT, "client": S.RAY_CLIENT_PORT,
+                 "mlflow": S.MLFLOW_PORT, "s3": S.S3_PORT}
+SERVICE_PORT = {"s3": "s3", "mlflow": "mlflow", "ray-head": "ray", "ray-worker": None}
+NODE_OBJECT_STORE_BYTES = 300_000_000  # small object stores: the local stack shares a laptop
+
+
+def parse_ports(text: str | None) -> dict[str, int]:
+    """'ray=16379,mlflow=15000' -> {'ray': 16379, 'mlflow': 15000} (names from DEFAULT_PORTS)."""
+    out: dict[str, int] = {}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in DEFAULT_PORTS:
+            raise BfnError(f"bad --ports entry {part!r}: use NAME=PORT with NAME one of {', '.join(DEFAULT_PORTS)}")
+        try:
+            port = int(value)
+        except ValueError:
+            port = -1
+        if not 1 <= port <= 65535:
+            raise BfnError(f"bad port {value!r} for {name} in --ports: an integer 1..65535")
+        out[name] = port
+    if len(set(out.values())) != len(out):
+        raise BfnError(f"--ports gives two services the same port: {text}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# state
+
+
+@dataclass
+class Stack:
+    home: Path
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    services: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.home / "stack"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def env_file(self) -> Path:
+        return self.home / S.STACK_ENV_FILE
+
+    @property
+    def token_file(self) -> Path:
+        return self.dir / "ray_auth_token"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.dir / "s3"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{S.LOCAL_SERVICE_HOST}:{self.ports['dashboard']}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{S.LOCAL_SERVICE_HOST}:{self.ports['mlflow']}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://{S.LOCAL_SERVICE_HOST}:{self.ports['s3']}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{S.LOCAL_HEAD_IP}:{self.ports['ray']}"
+
+    @classmethod
+    def load(cls, home: Path) -> "Stack":
+        stack = cls(home.resolve())
+        if stack.state_file.exists():
+            data = json.loads(stack.state_file.read_text())
+            stack.ports.update(data.get("ports", {}))
+            stack.services = data.get("services", {})
+        return stack
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ports": self.ports, "services": self.services}, indent=2))
+        tmp.replace(self.state_file)
+
+    def running(self) -> list[str]:
+        return [name for name, rec in self.services.items() if alive(rec.get("pid"))]
+
+    # -- secrets kept on disk with mode 0600, never printed ------------------------------------
+
+    def _secret_file(self, path: Path, make) -> str:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(make())
+        return path.read_text().strip()
+
+    def ray_token(self) -> str:
+        return self._secret_file(self.token_file, lambda: secrets.token_hex(32))
+
+    def s3_credentials(self) -> dict[str, str]:
+        """Throw-away keys for the local S3 server (moto accepts any); stable across down / up."""
+        raw = self._secret_file(self.dir / "s3_credentials.json", lambda: json.dumps(
+            {N.ENV_AWS_ACCESS_KEY_ID: "bfnlocal" + secrets.token_hex(6), N.ENV_AWS_SECRET_ACCESS_KEY: secrets.token_hex(20)}))
+        return json.loads(raw)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.ray_token()}"}
+
+    def client_env(self) -> dict[str, str]:
+        """What a shell needs to use the stack: the contents of the env file."""
+        return {
+            N.ENV_RAY_ADDRESS: self.gcs_address,
+            N.ENV_RAY_AUTH_MODE: "token",
+            N.ENV_RAY_AUTH_TOKEN_PATH: str(self.token_file),
+            N.ENV_MLFLOW_TRACKING_URI: self.mlflow_url,
+            N.ENV_AWS_ENDPOINT_URL: self.s3_url,
+            **self.s3_credentials(),
+            N.ENV_AWS_DEFAULT_REGION: REGION,
+            N.ENV_BFN_STORAGE: f"s3://{BUCKET}/checkpoints",
+            N.ENV_BFN_DATA: f"s3://{BUCKET}/data",
+            N.ENV_BFN_HOME: str(self.home),
+            "BFN_RAY_DASHBOARD": self.dashboard_url,  # the Jobs API, for `bfn submit` / `bfn jobs`
+        }
+
+    def write_env_file(self) -> Path:
+        lines = ["# written by `bfn stack up`: source it to point bfn, Ray, MLflow and boto3 at the local stack",
+                 "# (local throw-away credentials only; mode 0600)"]
+        lines += [f"export {k}={shlex.quote(v)}" for k, v in self.client_env().items()]
+        tmp = self.env_file.with_suffix(".tmp")
+        self.env_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        tmp.replace(self.env_file)
+        return self.env_file
