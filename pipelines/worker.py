@@ -9,6 +9,7 @@ step with the checkpoints (see MetricBuffer), so a run that fails and resumes re
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import tempfile
@@ -34,17 +35,23 @@ from pipelines.names import (
 )
 from pipelines.seeds import derive_seed
 
+METRICS_FILE = "metrics.json"  # in a checkpoint: rank 0's metrics not yet sent to MLflow when it was taken
+
 
 
 class MetricBuffer:
-    """Metrics of rank 0, held until the checkpoint that covers their step is persisted.
+    """Metrics of rank 0, sent to MLflow once Ray Train has registered the checkpoint that covers
+    their step, so that a run that fails and resumes records each step exactly once.
 
-    After a failure the run resumes from the last checkpoint; metrics of the steps after it were
-    never sent, so the MLflow history has each step once.
+    A report is registered when Ray Train's controller takes it from the worker's result queue, which
+    holds one report: when `ray.train.report` returns for checkpoint k + 1, checkpoint k is registered,
+    and the metrics up to k go out. Those not yet sent also travel inside each checkpoint
+    (METRICS_FILE): a run resumed from checkpoint k sends whichever of them MLflow does not have yet
+    (the worker may have died before or after sending them), and none of the steps after k.
     """
 
     def __init__(self, run_id: str | None):
-        self.run_id, self.pending = run_id, []
+        self.run_id, self.pending, self.last_checkpoint = run_id, [], None
 
     def add(self, step: int, **values: float) -> None:
         if self.run_id is None:
@@ -54,15 +61,47 @@ class MetricBuffer:
         now = int(time.time() * 1000)
         self.pending += [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
 
-    def flush(self) -> None:
-        if self.run_id is None or not self.pending:
+    def save(self, folder: str | Path) -> None:
+        """Write the metrics not yet sent into a checkpoint folder."""
+        rows = [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in self.pending]
+        (Path(folder) / METRICS_FILE).write_text(json.dumps(rows))
+
+    def resume(self, folder: str | Path) -> None:
+        """After a restart from a checkpoint: send its metrics that MLflow does not have yet."""
+        path = Path(folder) / METRICS_FILE
+        if self.run_id is None or not path.exists():
             return
         from mlflow import MlflowClient
+        from mlflow.entities import Metric
 
+        saved = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in json.loads(path.read_text())]
         client = MlflowClient()
-        for i in range(0, len(self.pending), 500):
-            client.log_batch(self.run_id, metrics=self.pending[i: i + 500])
-        self.pending = []
+        logged = {key: {m.step for m in client.get_metric_history(self.run_id, key)} for key in {m.key for m in saved}}
+        self._log(client, [m for m in saved if m.step not in logged[m.key]])
+
+    def checkpoint_reported(self, step: int) -> None:
+        """The report of a checkpoint at `step` returned: send what the previous checkpoint covers."""
+        if self.last_checkpoint is not None:
+            self._send(lambda m: m.step <= self.last_checkpoint)
+        self.last_checkpoint = step
+
+    def flush(self) -> None:
+        """Training is over: send everything."""
+        self._send(lambda m: True)
+
+    def _send(self, covered) -> None:
+        if self.run_id is None:
+            return
+        batch = [m for m in self.pending if covered(m)]
+        self.pending = [m for m in self.pending if not covered(m)]
+        if batch:
+            from mlflow import MlflowClient
+
+            self._log(MlflowClient(), batch)
+
+    def _log(self, client, metrics: list) -> None:
+        for i in range(0, len(metrics), 500):
+            client.log_batch(self.run_id, metrics=metrics[i: i + 500])
 
 
 def lr_factor(step: int, warmup: int) -> float:
@@ -207,13 +246,14 @@ def train_loop_per_worker(config: dict) -> None:
     t = cfg.training
     opt = make_optimizer(bfn, cfg)
     step = 0
+    metrics = MetricBuffer(config.get("mlflow_run_id") if rank == 0 else None)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             step = load_checkpoint(folder, model=bfn, ema=ema, optimizer=opt)
+            metrics.resume(folder)
     torch.manual_seed(derive_seed("training-noise", cfg.training.seed, rank, step))  # per rank and per restart
     model = ray.train.torch.prepare_model(bfn)
-    metrics = MetricBuffer(config.get("mlflow_run_id") if rank == 0 else None)
     if checkpoint is not None:
         metrics.add(step, **{RESUMED_FROM_STEP: step})  # one point per restart: where training picked up
     dims = math.prod(data_shape)
@@ -243,5 +283,7 @@ def train_loop_per_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0:
                     save_checkpoint(tmp, model=bfn, ema=ema, optimizer=opt, step=step, config=saved_config)
+                    metrics.save(tmp)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
-            metrics.flush()
+            metrics.checkpoint_reported(step)
+    metrics.flush()
