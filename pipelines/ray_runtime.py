@@ -14,6 +14,7 @@ from pipelines.errors import PipelineError
 from pipelines.names import ENV_RAY_ADDRESS, WORKER_ENV_VARS
 
 LOCAL_RAY_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray's nodes use 127.0.0.1
+_connected_here = False  # whether init_ray started or joined Ray in this process (not a caller before it)
 
 
 def _is_loopback_address(address: str) -> bool:
@@ -47,6 +48,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
         os.environ.setdefault(LOCAL_RAY_SWITCH, "0")
     import ray
 
+    global _connected_here
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": worker_env(env)}
@@ -63,7 +65,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
             # _node_ip_address as well as the switch: Ray may have read its settings at an earlier import
             ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
                      log_to_driver=True, _node_ip_address="127.0.0.1")
+        _connected_here = True
     except ConnectionError as err:
         raise PipelineError(f"could not connect to the Ray cluster at {address}: {str(err).splitlines()[0]}; "
                             "check the address (`bfn stack status`) or unset RAY_ADDRESS for a local run") from None
     check_loopback_nodes(allow_remote=bool(address) and not _is_loopback_address(address))
+
+
+def release_ray() -> None:
+    """Disconnect from (or stop the local) Ray if init_ray connected this process; a connection some
+    caller made before (a test's cluster, a notebook) is left alone."""
+    global _connected_here
+    if _connected_here:
+        import ray
+
+        ray.shutdown()
+        _connected_here = False

@@ -74,15 +74,15 @@ def test_two_worker_run_is_fully_tracked(trained_run, mlflow_url):
     assert samples.shape == (3, 8, 8, 1) and np.abs(samples).max() <= 1.0
 
 
-def _train_worker_pids(started_after: float) -> list[int]:
-    """Ray Train worker processes on this machine (Ray titles them ray::RayTrainWorker...) started
-    after a time: those of the run under test, not idle ones left by earlier tests."""
-    import psutil
-
-    pids = []
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
-        if proc.info["create_time"] > started_after and any("RayTrainWorker" in p for p in proc.info["cmdline"] or []):
-            pids.append(proc.pid)
+def _train_worker_pids() -> set[int]:
+    """Processes of Ray Train workers on this machine: Ray titles them ray::RayTrainWorker (Linux /proc)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:  # gone meanwhile
+            pass
     return pids
 
 
@@ -111,7 +111,7 @@ def test_a_killed_worker_is_replaced_and_resumes_from_the_last_checkpoint(ray_tw
             failure.append(err)
 
     thread = threading.Thread(target=run)
-    started = time.time()
+    earlier = _train_worker_pids()  # idle ones left by earlier tests are not this run's
     thread.start()
     client = mlflow.MlflowClient()
     deadline, killed = time.time() + 300, None
@@ -119,7 +119,7 @@ def test_a_killed_worker_is_replaced_and_resumes_from_the_last_checkpoint(ray_tw
         runs = client.search_runs([e.experiment_id for e in client.search_experiments(filter_string=f"name = '{experiment}'")])
         # metrics reach MLflow with the checkpoint that covers them: step 10's loss means checkpoint 10 is stored
         if runs and any(m.step >= 10 for m in client.get_metric_history(runs[0].info.run_id, "loss")):
-            pids = _train_worker_pids(started)
+            pids = sorted(_train_worker_pids() - earlier)
             if pids:
                 for pid in pids:  # the whole worker group: a restart from the checkpoint is certain
                     os.kill(pid, signal.SIGKILL)

@@ -58,3 +58,14 @@ def subcommand(subs, name: str, *, help: str, epilog: str | None = None, descrip
     """One subcommand of a group, its description and examples shown as written."""
     return subs.add_parser(name, help=help, description=description, epilog=epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def print_json(value) -> None:
+    """The --json result as the last line of stdout. Ray is released first where the command connected
+    to it: its log thread prints worker output to stdout and could otherwise follow the JSON."""
+    import json
+    import sys
+
+    if "pipelines.ray_runtime" in sys.modules:
+        sys.modules["pipelines.ray_runtime"].release_ray()
+    print(json.dumps(value), flush=True)

@@ -1,7 +1,7 @@
 """`bfn eval RUN_OR_MODEL_URI`: the likelihood table on the test shards, logged to the run."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import add_json, command
+from bfn_platform.commands.common import add_json, command, print_json
 from bfn_platform.console import console
 
 EPILOG = """examples:
@@ -33,8 +33,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from bfn_core import parse_steps
     from bfn_platform.console import progress_bar
     from pipelines.evaluate import evaluate
@@ -47,7 +45,7 @@ def run(args) -> int:
                            on_start=lambda total: bar.update(task, total=total),
                            on_progress=lambda k: bar.update(task, advance=k))
     if args.json:
-        print(json.dumps(outcome.table.to_dict()))
+        print_json(outcome.table.to_dict())
     else:
         console.print(outcome.table.format())
         if outcome.run_id:

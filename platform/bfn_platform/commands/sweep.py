@@ -1,7 +1,7 @@
 """`bfn sweep SPEC`: Ray Tune + Optuna (TPE) + ASHA over accuracy schedules and step counts, tracked in MLflow."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, command, overrides
+from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, command, overrides, print_json
 from bfn_platform.console import console
 
 EPILOG = """examples:
@@ -26,8 +26,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from sweeps.spec import check_spec, load_spec
 
     spec = load_spec(args.spec, overrides(args))
@@ -39,7 +37,7 @@ def run(args) -> int:
     if outcome.best_config:
         console.print(f"next: bfn train {outcome.best_config}   or   bfn models register {outcome.best_run_id} --name {spec.name}")
     if args.json:
-        print(json.dumps({"name": outcome.name, "parent_run_id": outcome.parent_run_id, "best_run_id": outcome.best_run_id,
+        print_json({"name": outcome.name, "parent_run_id": outcome.parent_run_id, "best_run_id": outcome.best_run_id,
                           "best_value": outcome.best_value, "best_config": str(outcome.best_config) if outcome.best_config else None,
-                          "model_uri": outcome.model_uri, "trials": outcome.table["status"].value_counts().to_dict()}))
+                          "model_uri": outcome.model_uri, "trials": outcome.table["status"].value_counts().to_dict()})
     return 0

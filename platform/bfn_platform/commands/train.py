@@ -1,7 +1,7 @@
 """`bfn train CONFIG`: a Ray Train run tracked in MLflow."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, command, overrides
+from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, command, overrides, print_json
 from bfn_platform.console import console
 from bfn_platform.errors import BfnError
 
@@ -27,8 +27,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-
     from pipelines.config import load_config
     from pipelines.train import train
 
@@ -40,7 +38,7 @@ def run(args) -> int:
                       f"{cfg.training.steps} steps")
     outcome = train(cfg, resume_run=args.resume, ray_address=args.address)
     if args.json:
-        print(json.dumps({"run_id": outcome.run_id, "model_uri": outcome.model_uri, "checkpoint": outcome.checkpoint_path}))
+        print_json({"run_id": outcome.run_id, "model_uri": outcome.model_uri, "checkpoint": outcome.checkpoint_path})
     else:
         console.print(f"run [bold]{outcome.run_id}[/] finished; model {outcome.model_uri}")
         console.print(f"next: bfn eval {outcome.run_id}")
