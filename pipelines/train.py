@@ -23,7 +23,7 @@ from pipelines.names import (
     tag_data,
 )
 from pipelines.prepare import Prepared, prepare
-from pipelines.worker import train_loop_per_worker
+from pipelines.worker import METRICS_FILE, log_missing_metrics, train_loop_per_worker
 
 
 @dataclass
@@ -85,6 +85,27 @@ def make_trainer(prep: Prepared, *, run_id: str | None, tracking_uri: str | None
                              checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=CHECKPOINT_SCORE,
                                                                 checkpoint_score_order="min")),
     )
+
+
+def send_checkpointed_metrics(run_id: str, ray_name: str, storage_path: str, filesystem=None) -> None:
+    """Send the metrics that travel inside a run's checkpoints and never reached MLflow: a trial that Tune
+    stopped ended before its worker sent them (see worker.MetricBuffer)."""
+    import json
+
+    import pyarrow.fs
+
+    fs = filesystem or pyarrow.fs.LocalFileSystem()
+    folder = f"{storage_path.rstrip('/')}/{ray_name}"
+    rows = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                with fs.open_input_stream(f"{info.path}/{METRICS_FILE}") as f:
+                    rows += json.loads(f.read())
+            except (FileNotFoundError, OSError):
+                continue  # a checkpoint still being written, or one from before metrics travelled in them
+    if rows:
+        log_missing_metrics(run_id, rows)
 
 
 def best_checkpoint(result):

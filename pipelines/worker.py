@@ -69,15 +69,8 @@ class MetricBuffer:
     def resume(self, folder: str | Path) -> None:
         """After a restart from a checkpoint: send its metrics that MLflow does not have yet."""
         path = Path(folder) / METRICS_FILE
-        if self.run_id is None or not path.exists():
-            return
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
-
-        saved = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in json.loads(path.read_text())]
-        client = MlflowClient()
-        logged = {key: {m.step for m in client.get_metric_history(self.run_id, key)} for key in {m.key for m in saved}}
-        self._log(client, [m for m in saved if m.step not in logged[m.key]])
+        if self.run_id is not None and path.exists():
+            log_missing_metrics(self.run_id, json.loads(path.read_text()))
 
     def checkpoint_reported(self, step: int) -> None:
         """The report of a checkpoint at `step` returned: send what the previous checkpoint covers."""
@@ -97,11 +90,27 @@ class MetricBuffer:
         if batch:
             from mlflow import MlflowClient
 
-            self._log(MlflowClient(), batch)
+            _log(MlflowClient(), self.run_id, batch)
 
-    def _log(self, client, metrics: list) -> None:
-        for i in range(0, len(metrics), 500):
-            client.log_batch(self.run_id, metrics=metrics[i: i + 500])
+
+def log_missing_metrics(run_id: str, rows: list[dict]) -> None:
+    """Send to MLflow those of the saved metric rows ({key, value, timestamp, step}) it lacks."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    newest: dict[tuple, dict] = {}  # a step saved twice came from a run and its restart: the restart is newer
+    for r in rows:
+        if (r["key"], r["step"]) not in newest or r["timestamp"] > newest[r["key"], r["step"]]["timestamp"]:
+            newest[r["key"], r["step"]] = r
+    saved = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in newest.values()]
+    logged = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in {m.key for m in saved}}
+    _log(client, run_id, [m for m in saved if m.step not in logged[m.key]])
+
+
+def _log(client, run_id: str, metrics: list) -> None:
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i: i + 500])
 
 
 def lr_factor(step: int, warmup: int) -> float:

@@ -22,6 +22,7 @@ from pipelines.names import (
     ENV_MLFLOW_TRACKING_URI,
     STEP,
     TAG_ERROR,
+    TAG_RAY_RUN_NAME,
     TAG_SWEEP,
     TAG_SWEEP_BEST_RUN,
     TAG_SWEEP_PARENT,
@@ -78,8 +79,10 @@ def check_capacity(spec: SweepSpec, base) -> None:
 class TrialStatusToMlflow(tune.Callback):
     """Driver side: records each trial's outcome (completed, stopped early, failed) on its MLflow child run."""
 
-    def __init__(self, experiment_id: str, parent_run_id: str, max_steps: int, say: Callable[[str], None]):
+    def __init__(self, experiment_id: str, parent_run_id: str, max_steps: int, say: Callable[[str], None],
+                 storage_path: str, storage_filesystem=None):
         self.experiment_id, self.parent_run_id, self.max_steps, self.say = experiment_id, parent_run_id, max_steps, say
+        self.storage_path, self.storage_filesystem = storage_path, storage_filesystem
 
     def __getstate__(self):  # Tune saves callbacks with its experiment state; a console does not pickle
         return {**self.__dict__, "say": print}
@@ -93,6 +96,12 @@ class TrialStatusToMlflow(tune.Callback):
             return
         if run.data.tags.get(TAG_SWEEP_STATUS) == status and run.info.status == mlflow_status:
             return  # already recorded (a trial replayed after a resume): keep its end time
+        if status != "completed" and run.data.tags.get(TAG_RAY_RUN_NAME):
+            from pipelines.train import send_checkpointed_metrics
+
+            # a trial Tune stopped (or that failed) ended before its worker sent its last metrics
+            send_checkpointed_metrics(run.info.run_id, run.data.tags[TAG_RAY_RUN_NAME], self.storage_path,
+                                      self.storage_filesystem)
         client.set_tag(run.info.run_id, TAG_SWEEP_STATUS, status)
         if error:
             client.set_tag(run.info.run_id, TAG_ERROR, error[:4000])
@@ -165,7 +174,7 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
     # for one byte of memory, not a CPU (Tune refuses an empty request), so `budget.concurrent`
     # trials fit wherever their workers fit.
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=fixed), {"memory": 1})
-    callbacks = [TrialStatusToMlflow(experiment_id, parent, base.training.steps, say)]
+    callbacks = [TrialStatusToMlflow(experiment_id, parent, base.training.steps, say, storage_path, fs)]
     try:
         if resume:
             tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
