@@ -33,10 +33,14 @@ class EvalOutcome:
     artifacts: list[str] = field(default_factory=list)
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' is the GPU when this process sees one, else the CPU; 'cuda' without a GPU is an error."""
+def check_device(device: str) -> None:
     if device not in DEVICES:
         raise PipelineError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is the GPU when this process sees one, else the CPU; 'cuda' without a GPU is an error."""
+    check_device(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise PipelineError("--device cuda, but this machine has no usable GPU: use --device cpu or auto")
     return torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
@@ -45,22 +49,14 @@ def resolve_device(device: str) -> torch.device:
 def _share(bfn, config: dict, manifest: str, steps, repeats: int, batch_size: int, rank: int, world: int, seed: int,
            device: torch.device, on_progress: ProgressFn | None = None) -> LikelihoodAccumulator:
     """Accumulate the bound over one share of the test shards (padding rows dropped) on `device`."""
-    from pipelines.data.reader import make_loader
+    from pipelines.data.reader import evaluation_batches
 
     data = config["data"]
-    loader, _ = make_loader(manifest, batch_size=batch_size, rank=rank, world_size=world, num_workers=0,
-                            data_kind=data["kind"], num_classes=data.get("num_classes"), seed=seed, epoch=0,
-                            shuffle=False, shuffle_buffer=0, pin_memory=device.type == "cuda")
-
-    def batches():
-        for batch in loader:
-            x = batch["x"][~batch["pad"]]
-            if len(x):
-                yield x.to(device, non_blocking=True)
-
+    batches = evaluation_batches(manifest, batch_size=batch_size, rank=rank, world_size=world, data_kind=data["kind"],
+                                 num_classes=data.get("num_classes"), device=device, seed=seed)
     bfn = bfn.to(device)
     generator = torch.Generator(device=device).manual_seed(derive_seed("evaluation-noise", seed, rank))
-    return accumulate_likelihood(bfn, batches(), LikelihoodAccumulator(list(steps), n_repeats=repeats),
+    return accumulate_likelihood(bfn, batches, LikelihoodAccumulator(list(steps), n_repeats=repeats),
                                  generator=generator, progress=on_progress)
 
 
@@ -134,6 +130,7 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
 
     if workers < 0:
         raise PipelineError(f"--workers must be >= 0, not {workers}")
+    check_device(device)  # before any loading: a typo fails at once
     local_ckpt = Path(ref).is_dir()
     uri = None if local_ckpt else setup_mlflow()
     loaded = load_model(ref)
@@ -155,8 +152,6 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
         acc = _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, 0, 1, seed, resolve_device(device),
                      on_progress)
     else:
-        if device not in DEVICES:
-            raise PipelineError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
         model_ref = str(Path(ref).resolve()) if local_ckpt else ref
         acc = _evaluate_on_ray(model_ref, uri, manifest, steps, repeats, batch_size, workers, seed, device, on_progress)
     table = acc.table(unit)

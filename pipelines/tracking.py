@@ -12,17 +12,17 @@ import urllib.request
 from pathlib import Path
 
 from pipelines.errors import PipelineError
+from pipelines.names import ENV_BFN_HOME, ENV_MLFLOW_TRACKING_URI
 
-BFN_HOME_ENV = "BFN_HOME"
 
 
 def bfn_home() -> Path:
     """The local state folder (./.bfn unless BFN_HOME says otherwise)."""
-    return Path(os.environ.get(BFN_HOME_ENV, ".bfn")).resolve()
+    return Path(os.environ.get(ENV_BFN_HOME, ".bfn")).resolve()
 
 
 def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = os.environ.get(ENV_MLFLOW_TRACKING_URI)
     if uri:
         return uri
     home = bfn_home()

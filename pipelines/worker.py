@@ -161,23 +161,14 @@ def make_optimizer(bfn: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW:
 def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, device) -> dict[str, float]:
     """The bound on this rank's validation batches, reduced over ranks: val_bits_<n> (and val_nats_<n>),
     and the checkpoint score (the bound at the first of training.val_steps)."""
-    from pipelines.data.reader import make_loader
+    from pipelines.data.reader import evaluation_batches
 
     t = cfg.training
     steps = list(t.val_steps)
-    loader, _ = make_loader(cfg.data.val, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
-                            num_workers=0, data_kind=cfg.data.kind, num_classes=cfg.data.num_classes,
-                            seed=t.seed, epoch=0, shuffle=False, shuffle_buffer=0)
-
-    def batches():
-        for i, batch in enumerate(loader):
-            if t.val_batches is not None and i >= t.val_batches:
-                break
-            x = batch["x"][~batch["pad"]]  # padding repeats samples: count each once
-            if len(x):
-                yield x.to(device)
-
-    acc = accumulate_likelihood(ema, batches(), LikelihoodAccumulator(steps, n_repeats=t.val_repeats))
+    batches = evaluation_batches(cfg.data.val, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
+                                 data_kind=cfg.data.kind, num_classes=cfg.data.num_classes, device=device,
+                                 seed=t.seed, max_batches=t.val_batches)
+    acc = accumulate_likelihood(ema, batches, LikelihoodAccumulator(steps, n_repeats=t.val_repeats))
     table = acc.all_reduce(device).table()
     out = {}
     for row in table.rows:

@@ -312,3 +312,20 @@ def make_loader(manifest_url: str | Manifest, *, batch_size: int, rank: int, wor
     loader = ShardLoader(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
                          pin_memory=pin_memory, prefetch_factor=prefetch_factor)
     return loader, loader.num_batches
+
+
+def evaluation_batches(manifest_url: str | Manifest, *, batch_size: int, rank: int, world_size: int,
+                       data_kind: str | None, num_classes: int | None, device: torch.device, seed: int = 0,
+                       max_batches: int | None = None) -> Iterator[torch.Tensor]:
+    """This rank's share of a shard set for evaluation, in manifest order, on `device`: padding rows
+    dropped, so across ranks every example counts exactly once (at most `max_batches` batches). `seed`
+    drives stochastic reads (dynamic binarisation)."""
+    loader, _ = make_loader(manifest_url, batch_size=batch_size, rank=rank, world_size=world_size, num_workers=0,
+                            data_kind=data_kind, num_classes=num_classes, seed=seed, shuffle=False, shuffle_buffer=0,
+                            pin_memory=device.type == "cuda")
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x = batch["x"][~batch["pad"]]
+        if len(x):
+            yield x.to(device, non_blocking=True)

@@ -63,7 +63,7 @@ def redact(text: str, environ: dict[str, str] | None = None) -> str:
     """`text` with the values of credentials in this environment replaced by ***: Ray echoes a job's
     runtime_env (env_vars included) in some of its error messages."""
     env = os.environ if environ is None else environ
-    for name in N.SECRET_ENV_VARS + ("AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN"):
+    for name in N.SECRET_ENV_VARS + (N.ENV_AWS_SESSION_TOKEN, "RAY_AUTH_TOKEN"):
         value = env.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bfn_platform.errors import BfnError
-from pipelines.names import LEGACY_SE, TAG_TEST_SHA, test_metric, test_se_metric
+from pipelines.names import ENV_BFN_USER, LEGACY_SE, TAG_TEST_SHA, test_metric, test_se_metric
 
 DEFAULT_ALIAS = "champion"
 LOCK_PREFIX = "bfn-lock."
@@ -48,7 +48,7 @@ def previous_alias(alias: str) -> str:
 
 def who() -> str:
     """The person promoting: BFN_USER (set it in shared service accounts), else the login name."""
-    user = os.environ.get("BFN_USER")
+    user = os.environ.get(ENV_BFN_USER)
     if user:
         return user
     try:

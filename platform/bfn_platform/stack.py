@@ -34,7 +34,7 @@ from bfn_platform.stack_state import BUCKET, NODE_OBJECT_STORE_BYTES, REGION, SE
 
 def _clean_env() -> dict[str, str]:
     """The services' environment: none of the caller's connection settings or cloud credentials."""
-    drop = set(N.CONNECTING_ENV_VARS) | {"AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"}
+    drop = set(N.CONNECTING_ENV_VARS) | {N.ENV_AWS_PROFILE, N.ENV_AWS_SESSION_TOKEN, N.ENV_AWS_ENDPOINT_URL_S3}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     # Job entrypoints (`bfn train ...`) run under the raylet's PATH: put this environment's bin first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])

@@ -1,10 +1,11 @@
 """`bfn data`: write data sets as webdataset shards (local or S3) and look inside shard sets."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import group, subcommand
-
 import os
 from pathlib import Path
+
+from bfn_platform.commands.common import group, subcommand
+from pipelines.names import ENV_BFN_DATA
 
 SHARD_EPILOG = """examples:
   bfn data shard digits --split train --out .bfn/data/digits
@@ -78,7 +79,7 @@ def run_shard(args) -> int:
 
     source = get_source(args.dataset)
     source.check_split(args.split)
-    base = os.environ.get("BFN_DATA_URL", "").rstrip("/") or ".bfn/data"  # the stack's and the cluster's data root
+    base = os.environ.get(ENV_BFN_DATA, "").rstrip("/") or ".bfn/data"  # the stack's and the cluster's data root
     out = args.out or f"{base}/{source.name}"
     with progress_bar() as bar:
         tasks: dict[str, int] = {}

@@ -7,12 +7,12 @@ values are passed to Ray, never printed.
 from __future__ import annotations
 
 import argparse
-
 import shlex
 import time
 
 from bfn_platform.commands.common import add_jobs_address, command
 from bfn_platform.errors import BfnError
+from pipelines.names import ENV_MLFLOW_TRACKING_URI
 
 EPILOG = """examples:
   bfn submit --address http://127.0.0.1:8265 -- bfn train configs/digits_discretised.yaml
@@ -56,7 +56,7 @@ def run(args) -> int:
     from pipelines.tracking import check_tracking_server
 
     command = entrypoint(args.command)
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = os.environ.get(ENV_MLFLOW_TRACKING_URI)
     if uri:
         check_tracking_server(uri)  # a job that cannot log is a wasted job: fail before submitting
     else:

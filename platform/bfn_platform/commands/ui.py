@@ -13,6 +13,7 @@ import sys
 
 from bfn_platform.commands.common import command
 from bfn_platform.errors import BfnError
+from pipelines.names import ENV_MLFLOW_TRACKING_URI
 
 EPILOG = """examples:
   bfn ui                       # http://127.0.0.1:5000 on ./.bfn/mlflow.db; Ctrl-C stops it
@@ -49,7 +50,7 @@ def run(args) -> int:
         raise BfnError(f"port {args.port} on 127.0.0.1 is in use: pick another with `bfn ui --port N`")
     artifacts = (bfn_home() / "mlartifacts").as_uri()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop(ENV_MLFLOW_TRACKING_URI, None)
     console.print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", highlight=False)
     sys.stdout.flush()
     # SIGTERM becomes an exit that runs `finally`: whoever stops `bfn ui` stops the server (its own session) too.
