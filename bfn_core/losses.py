@@ -70,9 +70,8 @@ class ContinuousLoss(Loss):
         return (x - self.factory.get_dist(net_out, theta, t).mean) ** 2
 
     def cts_time_loss(self, x, net_out, theta, t):
-        """-ln(sigma_1) ||x - x_hat||^2 sigma_1^(-2t) (eq. 101)."""
-        s1 = self.flow.sigma_1
-        weight = -math.log(s1) * s1 ** (-2.0 * expand_t(t, x))
+        """-ln(sigma_1) ||x - x_hat||^2 sigma_1^(-2t) (eq. 101): alpha(t) / 2 times the squared error."""
+        weight = 0.5 * self.flow.alpha(expand_t(t, x))
         return per_example(weight * self._sq_err(x, net_out, theta, t))
 
     def discrete_time_loss(self, x, net_out, theta, t, n_steps, n_mc=1, generator=None):
@@ -99,9 +98,8 @@ class DiscretisedLoss(Loss):
 
     def cts_time_loss(self, x, net_out, theta, t):
         """-ln(sigma_1) ||x - k_hat||^2 sigma_1^(-2t), k_hat the bin-weighted mean (eq. 119)."""
-        s1 = self.flow.sigma_1
         k_hat = self.factory.get_dist(net_out, theta, t).mean
-        weight = -math.log(s1) * s1 ** (-2.0 * expand_t(t, x))
+        weight = 0.5 * self.flow.alpha(expand_t(t, x))
         return per_example(weight * (x - k_hat) ** 2)
 
     def discrete_time_loss(self, x, net_out, theta, t, n_steps, n_mc=1, generator=None):
