@@ -9,9 +9,8 @@ from bfn_platform.errors import BfnError
 
 
 def command(sub, name: str, doc: str, *, help: str, epilog: str = "") -> argparse.ArgumentParser:
-    """A subcommand whose --help shows its module docstring and its examples as written."""
-    return sub.add_parser(name, help=help, description=doc, epilog=epilog,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A command whose --help shows its module docstring and its examples as written."""
+    return subcommand(sub, name, help=help, epilog=epilog, description=doc)
 
 
 def _override(item: str) -> tuple[str, object]:
