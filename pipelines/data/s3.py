@@ -37,8 +37,6 @@ from pipelines.names import (
 if TYPE_CHECKING:
     import pyarrow.fs
 
-# Read only here (the SDKs read them too); candidates for pipelines.names when something else needs them.
-
 DEFAULT_REGION = "us-east-1"  # what both SDKs fall back to; set explicitly so neither probes EC2 metadata
 READ_BUFFER = 1 << 20  # bytes per read from an S3 body: big enough to amortise HTTP chunking
 
