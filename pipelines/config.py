@@ -26,7 +26,9 @@ class DataConfig(_Strict):
     shape: tuple[int, ...] | None = Field(None, description=(
         "the shape of one example as the model reads it, e.g. [32, 32, 3]; checked against the data "
         "when both are known, and what `bfn check --no-data` builds the network for"))
-    loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
+    loader_workers: int = Field(1, ge=0, description=(
+        "DataLoader worker processes per training worker: they read and decode the shards off the training thread"))
+    prefetch_batches: int = Field(2, ge=1, description="micro-batches each loader worker keeps ready ahead of the step")
     shuffle_buffer: int = Field(1000, ge=1)
 
 
@@ -131,6 +133,10 @@ class TrainingConfig(_Strict):
     sample_steps: int = Field(100, ge=1, description="sampling steps for the pictures at validation")
     num_samples: int = Field(16, ge=1)
     seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description=(
+        "the network's autocast: bf16 or fp32 (auto: bf16 on GPU, fp32 on CPU); the flow and loss always run in fp32"))
+    compile: Literal["auto", "on", "off"] = Field("auto", description=(
+        "torch.compile the network for training, validation and sampling (auto: on for GPU)"))
 
 
 class ScalingConfig(_Strict):

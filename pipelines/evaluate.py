@@ -38,6 +38,13 @@ def check_device(device: str) -> None:
         raise PipelineError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
 
 
+def check_precision(precision: str) -> None:
+    from pipelines.acceleration import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise PipelineError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' is the GPU when this process sees one, else the CPU; 'cuda' without a GPU is an error."""
     check_device(device)
@@ -47,21 +54,26 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _share(bfn, config: dict, manifest: str, steps, repeats: int, batch_size: int, rank: int, world: int, seed: int,
-           device: torch.device, on_progress: ProgressFn | None = None) -> LikelihoodAccumulator:
-    """Accumulate the bound over one share of the test shards (padding rows dropped) on `device`."""
+           device: torch.device, precision: str, on_progress: ProgressFn | None = None) -> LikelihoodAccumulator:
+    """Accumulate the bound over one share of the test shards (padding rows dropped) on `device`, the
+    network in `precision` and compiled as the model's config says (auto: on GPU)."""
+    from pipelines.acceleration import Acceleration, configure_backends
     from pipelines.data.reader import evaluation_batches
 
     data = config["data"]
     batches = evaluation_batches(manifest, batch_size=batch_size, rank=rank, world_size=world, data_kind=data["kind"],
                                  num_classes=data.get("num_classes"), device=device, seed=seed)
-    bfn = bfn.to(device)
+    accel = Acceleration.resolve(device, precision, config.get("training", {}).get("compile", "auto"))
+    configure_backends(device)
+    bfn = accel.prepare(bfn.eval())
     generator = torch.Generator(device=device).manual_seed(derive_seed("evaluation-noise", seed, rank))
-    return accumulate_likelihood(bfn, batches, LikelihoodAccumulator(list(steps), n_repeats=repeats),
-                                 generator=generator, progress=on_progress)
+    with accel.autocast():
+        return accumulate_likelihood(bfn, batches, LikelihoodAccumulator(list(steps), n_repeats=repeats),
+                                     generator=generator, progress=on_progress)
 
 
 def _remote_share(model_ref: str, tracking_uri: str | None, manifest: str, steps, repeats, batch_size, rank, world,
-                  seed, use_gpu: bool, progress_queue):
+                  seed, use_gpu: bool, precision: str, progress_queue):
     """One Ray task's share: load the model here, evaluate, report progress through the queue."""
     import os
 
@@ -76,12 +88,12 @@ def _remote_share(model_ref: str, tracking_uri: str | None, manifest: str, steps
         setup_mlflow()
     loaded = load_model(model_ref)
     device = torch.device("cuda" if use_gpu else "cpu")
-    return _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, rank, world, seed, device,
+    return _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, rank, world, seed, device, precision,
                   on_progress=progress_queue.put_nowait)
 
 
 def _evaluate_on_ray(ref: str, uri: str | None, manifest: str, steps, repeats: int, batch_size: int, workers: int,
-                     seed: int, device: str, on_progress: ProgressFn | None) -> LikelihoodAccumulator:
+                     seed: int, device: str, precision: str, on_progress: ProgressFn | None) -> LikelihoodAccumulator:
     import ray
     from ray.util.queue import Queue
 
@@ -94,7 +106,7 @@ def _evaluate_on_ray(ref: str, uri: str | None, manifest: str, steps, repeats: i
     use_gpu = device == "cuda" or (device == "auto" and gpus >= 1)
     queue = Queue()
     task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(_remote_share)
-    pending = [task.remote(ref, uri, manifest, steps, repeats, batch_size, r, workers, seed, use_gpu, queue)
+    pending = [task.remote(ref, uri, manifest, steps, repeats, batch_size, r, workers, seed, use_gpu, precision, queue)
                for r in range(workers)]
     acc = LikelihoodAccumulator(list(steps), n_repeats=repeats)
 
@@ -117,12 +129,15 @@ def _evaluate_on_ray(ref: str, uri: str | None, manifest: str, steps, repeats: i
 
 
 def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_size: int = 64, manifest: str | None = None,
-             workers: int = 0, device: str = "auto", seed: int = 0, log: bool = True,
+             workers: int = 0, device: str = "auto", precision: str = "auto", seed: int = 0, log: bool = True,
              on_start: Callable[[int], None] | None = None, on_progress: ProgressFn | None = None) -> EvalOutcome:
     """The bound L^n + L^r for each n in steps on the test set; logged to the model's run when known.
 
-    `workers` > 0 splits the test set over that many Ray tasks; `on_start(total)` is told how many test
-    examples there are before any is evaluated, `on_progress(k)` of k more evaluated."""
+    `workers` > 0 splits the test set over that many Ray tasks; `precision` is the network's autocast
+    (auto: bf16 on GPU, as in training; fp32 for figures to compare with float32 results);
+    `on_start(total)` is told how many test examples there are before any is evaluated, `on_progress(k)`
+    of k more evaluated."""
+    from pipelines.acceleration import Acceleration
     from pipelines.config import ExperimentConfig
     from pipelines.model_store import load_model
     from pipelines.prepare import prepare
@@ -131,6 +146,7 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
     if workers < 0:
         raise PipelineError(f"--workers must be >= 0, not {workers}")
     check_device(device)  # before any loading: a typo fails at once
+    check_precision(precision)
     local_ckpt = Path(ref).is_dir()
     uri = None if local_ckpt else setup_mlflow()
     loaded = load_model(ref)
@@ -149,21 +165,24 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
         on_start(info.num_samples)
     steps = list(steps)
     if workers == 0:
-        acc = _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, 0, 1, seed, resolve_device(device),
+        dev = resolve_device(device)
+        acc = _share(loaded.bfn, loaded.config, manifest, steps, repeats, batch_size, 0, 1, seed, dev, precision,
                      on_progress)
+        precision = Acceleration.resolve(dev, precision).precision  # what ran, for the record
     else:
         model_ref = str(Path(ref).resolve()) if local_ckpt else ref
-        acc = _evaluate_on_ray(model_ref, uri, manifest, steps, repeats, batch_size, workers, seed, device, on_progress)
+        acc = _evaluate_on_ray(model_ref, uri, manifest, steps, repeats, batch_size, workers, seed, device, precision,
+                               on_progress)
     table = acc.table(unit)
     outcome = EvalOutcome(table, loaded.run_id, manifest)
     if log and loaded.run_id:
-        outcome.artifacts = log_table(loaded.run_id, table, manifest, prep.digests["test"])
+        outcome.artifacts = log_table(loaded.run_id, table, manifest, prep.digests["test"], precision)
     return outcome
 
 
-def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str) -> list[str]:
+def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str, precision: str = "fp32") -> list[str]:
     """Metrics test_bits_<n> and its standard errors (names.py), the same in nats, plus likelihood.json /
-    .parquet / .png artifacts."""
+    .parquet / .png artifacts (the JSON records the network's precision setting)."""
     import mlflow
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -183,7 +202,7 @@ def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str) -
     client.log_batch(run_id, metrics=metrics)
     client.set_tag(run_id, TAG_TEST_SHA, digest)
     client.set_tag(run_id, TAG_TEST_MANIFEST, manifest)
-    data = dict(table.to_dict(), manifest=manifest, manifest_sha256=digest)
+    data = dict(table.to_dict(), manifest=manifest, manifest_sha256=digest, network_precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "likelihood.json").write_text(json.dumps(data, indent=2))

@@ -21,6 +21,13 @@ import torch
 from torch import nn
 
 from bfn_core import LikelihoodAccumulator, accumulate_likelihood, make_bfn
+from pipelines.acceleration import (
+    Acceleration,
+    configure_backends,
+    ddp_options,
+    fused_adamw_available,
+    match_optimizer_layout,
+)
 from pipelines.checkpoints import load_checkpoint, save_checkpoint
 from pipelines.config import ExperimentConfig
 from pipelines.model_store import model_meta
@@ -118,24 +125,36 @@ def lr_factor(step: int, warmup: int) -> float:
 
 
 def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int, device):
-    """Endless micro-batches of this rank's share, from optimiser step `start_step` on. The epoch (and
-    so its shuffle) follows from the step, and a resumed run skips the batches its checkpoint had
-    already seen: the data order is the one an uninterrupted run would have had."""
+    """Endless micro-batches of this rank's share on `device`, from optimiser step `start_step` on. The
+    epoch (and so its shuffle) follows from the step, and a resumed run skips the batches its checkpoint
+    had already seen: the data order is the one an uninterrupted run would have had. Loader workers
+    decode ahead; on a GPU each batch is copied from pinned memory one step ahead, overlapping the step."""
     from pipelines.data.reader import make_loader
 
     loader, per_epoch = make_loader(cfg.data.train, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
                                     num_workers=cfg.data.loader_workers, data_kind=cfg.data.kind,
                                     num_classes=cfg.data.num_classes, seed=cfg.training.seed,
-                                    shuffle_buffer=cfg.data.shuffle_buffer, pin_memory=device.type == "cuda")
+                                    shuffle_buffer=cfg.data.shuffle_buffer, pin_memory=device.type == "cuda",
+                                    prefetch_factor=cfg.data.prefetch_batches)
     skip = start_step * cfg.accumulation_steps
     epoch, skip = skip // per_epoch, skip % per_epoch  # straight to the checkpoint's epoch
-    while True:
-        loader.set_epoch(epoch)
-        for i, batch in enumerate(loader):
-            if i >= skip:
-                yield batch["x"].to(device, non_blocking=True)
-        skip = 0
-        epoch += 1
+
+    def host_batches():
+        nonlocal epoch, skip
+        while True:
+            loader.set_epoch(epoch)
+            for i, batch in enumerate(loader):
+                if i >= skip:
+                    yield batch["x"]
+            skip = 0
+            epoch += 1
+
+    ahead = None
+    for x in host_batches():
+        x = x.to(device, non_blocking=True)
+        if ahead is not None:
+            yield ahead
+        ahead = x
 
 
 def ema_copy(bfn: nn.Module) -> nn.Module:
@@ -143,8 +162,9 @@ def ema_copy(bfn: nn.Module) -> nn.Module:
     return copy.deepcopy(bfn).requires_grad_(False).eval()
 
 
-def make_optimizer(bfn: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW:
-    """AdamW over the network; with weight_decay_on 'weights' only linear and convolution weights decay."""
+def make_optimizer(bfn: nn.Module, cfg: ExperimentConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over the network (one fused kernel with `fused`, on GPU); with weight_decay_on 'weights' only
+    linear and convolution weights decay."""
     o = cfg.optimizer
     if o.weight_decay_on == "all":
         groups = [{"params": list(bfn.parameters()), "weight_decay": o.weight_decay}]
@@ -154,13 +174,15 @@ def make_optimizer(bfn: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW:
         params = list(bfn.parameters())
         groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": o.weight_decay},
                   {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None)
 
 
 @torch.no_grad()
-def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, device) -> dict[str, float]:
+def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, device,
+             accel: Acceleration | None = None) -> dict[str, float]:
     """The bound on this rank's validation batches, reduced over ranks: val_bits_<n> (and val_nats_<n>),
-    and the checkpoint score (the bound at the first of training.val_steps)."""
+    and the checkpoint score (the bound at the first of training.val_steps); the network under accel's
+    autocast, as in training."""
     from pipelines.data.reader import evaluation_batches
 
     t = cfg.training
@@ -168,7 +190,8 @@ def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, devic
     batches = evaluation_batches(cfg.data.val, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
                                  data_kind=cfg.data.kind, num_classes=cfg.data.num_classes, device=device,
                                  seed=t.seed, max_batches=t.val_batches)
-    acc = accumulate_likelihood(ema, batches, LikelihoodAccumulator(steps, n_repeats=t.val_repeats))
+    with (accel or Acceleration.resolve(device, t.precision, "off")).autocast():
+        acc = accumulate_likelihood(ema, batches, LikelihoodAccumulator(steps, n_repeats=t.val_repeats))
     table = acc.all_reduce(device).table()
     out = {}
     for row in table.rows:
@@ -178,34 +201,48 @@ def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, devic
     return out
 
 
-def sample_pictures(ema: nn.Module, cfg: ExperimentConfig, data_shape, step: int, folder: Path) -> Path:
+def sample_pictures(ema: nn.Module, cfg: ExperimentConfig, data_shape, step: int, folder: Path,
+                    accel: Acceleration | None = None) -> Path:
     """A picture of samples of the EMA model, drawn with the run's seed (the same noise every time)."""
     from pipelines.pictures import save_samples
 
     device = next(ema.parameters()).device
     g = torch.Generator(device=device).manual_seed(cfg.training.seed)
-    samples = ema.sample((cfg.training.num_samples, *data_shape), cfg.training.sample_steps, generator=g)
+    with (accel or Acceleration.resolve(device, cfg.training.precision, "off")).autocast():
+        samples = ema.sample((cfg.training.num_samples, *data_shape), cfg.training.sample_steps, generator=g)
     return save_samples(samples.cpu().numpy(), cfg.data.kind, folder / f"samples_step{step:07d}", title=f"step {step}")
 
 
-def _log_samples(ema, cfg: ExperimentConfig, data_shape, step: int, run_id: str | None) -> None:
+def _log_samples(ema, cfg: ExperimentConfig, data_shape, step: int, run_id: str | None, accel: Acceleration) -> None:
     if run_id is None:
         return
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        MlflowClient().log_artifact(run_id, str(sample_pictures(ema, cfg, data_shape, step, Path(tmp))), "samples")
+        MlflowClient().log_artifact(run_id, str(sample_pictures(ema, cfg, data_shape, step, Path(tmp), accel)), "samples")
+
+
+def build_training(cfg: ExperimentConfig, data_shape, accel: Acceleration):
+    """The BFN (seeded: the same initial weights on every rank), its EMA and AdamW, on accel's device,
+    laid out and compiled as accel says. Returns (bfn, ema, optimizer)."""
+    configure_backends(accel.device)
+    torch.manual_seed(cfg.training.seed)
+    bfn = accel.place(make_bfn(data_shape=data_shape, **cfg.bfn_kwargs()))
+    ema = ema_copy(bfn)  # before compiling: a compiled module does not deep-copy
+    opt = make_optimizer(bfn, cfg, fused=fused_adamw_available(accel.device))
+    return accel.compile_network(bfn), accel.compile_network(ema), opt
 
 
 def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], cfg: ExperimentConfig, step: int,
-                      dims: int):
+                      dims: int, accel: Acceleration | None = None):
     """One AdamW step on the loss in nats per dimension over the micro-batches (gradients accumulated,
-    synchronised once), the network in bf16 autocast on GPU (the loss in float32, see BFN.loss),
-    clipped, then the EMA.
+    synchronised once), the network under accel's autocast (default: the config's precision on the
+    batches' device; the loss in float32 either way, see BFN.loss), clipped, then the EMA.
 
     `model` is what the forward pass goes through (DDP-wrapped or not), `bfn` owns the parameters.
     Returns (mean loss, grad norm before clipping) as tensors."""
     t = cfg.training
+    accel = accel or Acceleration.resolve(micro_batches[0].device, t.precision, "off")
     for group in opt.param_groups:
         group["lr"] = cfg.optimizer.lr * lr_factor(step, cfg.optimizer.warmup_steps)
     n_steps = cfg.loss.n_steps
@@ -214,16 +251,15 @@ def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], c
         last = i == len(micro_batches) - 1
         sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            with accel.autocast():
                 loss = model(x, n_steps, n_mc=cfg.loss.n_mc).mean() / dims
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(bfn.parameters(), t.grad_clip or float("inf"))
     opt.step()
     opt.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), bfn.parameters()):
-            e.lerp_(p, 1.0 - t.ema_decay)
+    with torch.no_grad():  # one multi-tensor kernel, not one launch per parameter
+        torch._foreach_lerp_(list(ema.parameters()), list(bfn.parameters()), 1.0 - t.ema_decay)
     return total / len(micro_batches), grad_norm
 
 
@@ -239,12 +275,9 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.training.seed)  # same initial weights on every rank
-
-    bfn = make_bfn(data_shape=data_shape, **cfg.bfn_kwargs()).to(device)
-    ema = ema_copy(bfn)
+    accel = Acceleration.resolve(device, cfg.training.precision, cfg.training.compile)
+    bfn, ema, opt = build_training(cfg, data_shape, accel)
     t = cfg.training
-    opt = make_optimizer(bfn, cfg)
     step = 0
     metrics = MetricBuffer(config.get("mlflow_run_id") if rank == 0 else None)
     checkpoint = ray.train.get_checkpoint()
@@ -252,8 +285,9 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             step = load_checkpoint(folder, model=bfn, ema=ema, optimizer=opt)
             metrics.resume(folder)
+        match_optimizer_layout(opt)
     torch.manual_seed(derive_seed("training-noise", cfg.training.seed, rank, step))  # per rank and per restart
-    model = ray.train.torch.prepare_model(bfn)
+    model = ray.train.torch.prepare_model(bfn, parallel_strategy_kwargs=ddp_options(cfg.accumulation_steps))
     if checkpoint is not None:
         metrics.add(step, **{RESUMED_FROM_STEP: step})  # one point per restart: where training picked up
     dims = math.prod(data_shape)
@@ -262,24 +296,28 @@ def train_loop_per_worker(config: dict) -> None:
     tick, tick_step, rate = time.perf_counter(), step, float("nan")
     while step < t.steps:
         micro = [next(batches) for _ in range(cfg.accumulation_steps)]
-        loss, grad_norm = optimisation_step(model, bfn, ema, opt, micro, cfg, step, dims)
+        loss, grad_norm = optimisation_step(model, bfn, ema, opt, micro, cfg, step, dims, accel)
         step += 1
+        validated = bool(cfg.data.val) and (step % t.val_every == 0 or step == t.steps)
+        checkpointed = validated or step % t.checkpoint_every == 0 or step == t.steps
+        if step % t.log_every and not checkpointed:
+            continue  # no .item() on other steps: the host queues the next step while the GPU runs this one
+        loss_value = loss.item()
         if step % t.log_every == 0 or step == t.steps:
             now = time.perf_counter()
             rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
             tick, tick_step = now, step
-            metrics.add(step, **{LOSS: loss.item(), SAMPLES_PER_SECOND: rate}, loss_bits_per_dim=loss.item() / math.log(2),
+            metrics.add(step, **{LOSS: loss_value, SAMPLES_PER_SECOND: rate}, loss_bits_per_dim=loss_value / math.log(2),
                         grad_norm=grad_norm.item(), lr=opt.param_groups[0]["lr"])
-        report = {STEP: step, LOSS: loss.item(), SAMPLES_PER_SECOND: rate, CHECKPOINT_SCORE: math.inf}
-        validated = bool(cfg.data.val) and (step % t.val_every == 0 or step == t.steps)
+        report = {STEP: step, LOSS: loss_value, SAMPLES_PER_SECOND: rate, CHECKPOINT_SCORE: math.inf}
         if validated:
-            val = validate(ema, cfg, rank, world, device)
+            val = validate(ema, cfg, rank, world, device, accel)
             report.update(val)
             metrics.add(step, **{k: v for k, v in val.items() if k != CHECKPOINT_SCORE})
             if rank == 0:
-                _log_samples(ema, cfg, data_shape, step, metrics.run_id)
+                _log_samples(ema, cfg, data_shape, step, metrics.run_id, accel)
         # Every validated step is checkpointed too: Ray keeps the best-scoring checkpoint beside the latest.
-        if validated or step % t.checkpoint_every == 0 or step == t.steps:
+        if checkpointed:
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0:
                     save_checkpoint(tmp, model=bfn, ema=ema, optimizer=opt, step=step, config=saved_config)

@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--data", help="test manifest URL (default: the run config's data.test)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: a GPU when there is one (default)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the network's autocast; auto: bf16 on GPU, as in training (fp32 for exact float32 figures)")
     p.add_argument("--workers", type=int, default=0,
                    help="Ray tasks that each evaluate a share of the test set (a GPU each on GPUs); 0: this process")
     p.add_argument("--seed", type=int, default=0)
@@ -41,7 +43,7 @@ def run(args) -> int:
     with progress_bar() as bar:
         task = bar.add_task("evaluate", total=None, info=f"steps {args.steps}, {args.repeats} repeat(s)")
         outcome = evaluate(args.model, steps=steps, repeats=args.repeats, batch_size=args.batch_size, manifest=args.data,
-                           workers=args.workers, device=args.device, seed=args.seed,
+                           workers=args.workers, device=args.device, precision=args.precision, seed=args.seed,
                            on_start=lambda total: bar.update(task, total=total),
                            on_progress=lambda k: bar.update(task, advance=k))
     if args.json:
