@@ -1,9 +1,10 @@
 """bfn_core: the mathematics of Bayesian Flow Networks (Graves et al., 2023) in pure PyTorch.
 
 Paper concepts map to classes: BayesianFlow (flows.py), output distributions and their factories
-(distributions.py), Loss (losses.py), samplers as plain functions (samplers.py), the BFN module
-(bfn.py), likelihood evaluation (likelihood.py), networks (networks/), and builders that tie a
-data kind to all of these (factory.py). Every error a user can fix is a BfnError (errors.py).
+(distributions.py), Loss (losses.py), samplers as plain functions over a time grid with their registry
+(samplers.py; BFN-Solvers in solvers.py, grids in time_grids.py), the BFN module (bfn.py), likelihood
+evaluation (likelihood.py), networks (networks/), and builders that tie a data kind to all of these
+(factory.py). Every error a user can fix is a BfnError (errors.py).
 
 Names are imported on first use (PEP 562): `from bfn_core.errors import BfnError`, which every
 layer's errors derive from, must not pay for importing torch (the command line's --help does it).
@@ -25,7 +26,10 @@ _EXPORTS = {
     "accumulate_likelihood": "likelihood", "evaluate_likelihood": "likelihood", "parse_steps": "likelihood",
     "steps_label": "likelihood",
     "ContinuousLoss": "losses", "DiscreteLoss": "losses", "DiscretisedLoss": "losses", "Loss": "losses",
-    "bfn_sampler": "samplers",
+    "SAMPLERS": "samplers", "bfn_sampler": "samplers", "get_sampler": "samplers", "run_sampler": "samplers",
+    "sampler_times": "samplers",
+    "integrate": "solvers", "ode1": "solvers", "ode2": "solvers", "sde1": "solvers", "sde2": "solvers",
+    "TIME_GRIDS": "time_grids", "get_time_grid": "time_grids",
     "DATA_KINDS": "factory", "NETWORKS": "factory", "make_bfn": "factory", "make_loss": "factory",
 }
 __all__ = sorted(_EXPORTS)

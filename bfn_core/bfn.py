@@ -8,7 +8,7 @@ from bfn_core._checks import check_n_steps
 from bfn_core.distributions import OutputDistribution
 from bfn_core.flows import Params
 from bfn_core.losses import Loss
-from bfn_core.samplers import bfn_sampler
+from bfn_core.samplers import run_sampler
 
 
 class BFN(nn.Module):
@@ -29,19 +29,24 @@ class BFN(nn.Module):
         return self.net(self.flow.params_to_net_inputs(theta), t)
 
     def output_distribution(self, theta: Params, t: Tensor) -> OutputDistribution:
-        """p_O(. | theta; t)."""
-        return self.loss_fn.factory.get_dist(self.net_output(theta, t), theta, t)
+        """p_O(. | theta; t); the network under the caller's autocast, its outputs used in float32 (as in loss)."""
+        net_out = self.net_output(theta, t)
+        with _full_precision(net_out):
+            return self.loss_fn.factory.get_dist(_at_least_float32(net_out), theta, t)
 
     def _rand(self, x: Tensor, generator) -> Tensor:
         return torch.rand(x.shape[0], device=x.device, generator=generator)
 
-    def loss(self, x: Tensor, n_steps: int | None = None, generator=None, n_mc: int = 1) -> Tensor:
+    def loss(self, x: Tensor, n_steps: int | None = None, generator=None, n_mc: int = 1, check_data: bool = True) -> Tensor:
         """One-sample Monte Carlo estimate per example (B,) in nats: L^inf, or L^n with n_steps.
 
         Only the network runs under the caller's autocast (e.g. bf16); the flow sample and the loss
         are computed in float32 (or the data's wider dtype) with autocast off, as in the reference.
+        `check_data=False` is for callers that checked x before moving it to a GPU: the check reads
+        x's range, which waits for the GPU to finish the work queued before it.
         """
-        self.flow.check_data(x)
+        if check_data:
+            self.flow.check_data(x)
         u = self._rand(x, generator)
         if n_steps is None:
             t = u  # t ~ U[0, 1)
@@ -79,12 +84,14 @@ class BFN(nn.Module):
         return total / n_repeats
 
     @torch.no_grad()
-    def sample(self, shape, n_steps: int, generator=None, return_trajectory=False, callback=None):
-        """n-step samples of data shape (B, *dims); see samplers.bfn_sampler."""
+    def sample(self, shape, n_steps: int, generator=None, *, sampler: str = "bfn", grid=None, final: str = "sample",
+               callback=None, return_trajectory: bool = False, **options):
+        """Samples of data shape (B, *dims) from SAMPLERS[sampler] over n_steps steps of `grid` (a TIME_GRIDS name,
+        explicit times, or None: the sampler's own); final "sample" (the paper) or "mode"; see samplers.py."""
         device = next(self.parameters()).device
-        return bfn_sampler(
-            self.output_distribution, self.flow, tuple(shape), n_steps, generator=generator,
-            device=device, return_trajectory=return_trajectory, callback=callback,
+        return run_sampler(
+            self.output_distribution, self.flow, tuple(shape), n_steps, sampler=sampler, grid=grid, device=device,
+            generator=generator, final=final, callback=callback, return_trajectory=return_trajectory, **options,
         )
 
 

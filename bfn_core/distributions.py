@@ -131,9 +131,13 @@ class DiscretisedNormal(OutputDistribution):
         return bin_centres(self.K, self.mu_x.device, self.mu_x.dtype)[self.probs.argmax(-1)]
 
     def sample(self, generator=None):
-        probs = self.probs.clamp_min(0.0)
-        k = torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator).reshape(probs.shape[:-1])
-        return bin_centres(self.K, self.mu_x.device, self.mu_x.dtype)[k]
+        """A bin centre drawn with p_O(k) (eq. 108-110) in O(D): quantise z ~ N(mu_x, sigma_x^2) to its bin.
+
+        The bins partition the line (edge bins take the tails), so P(z in bin k) is p_O(k) exactly: the same
+        law as a K-wide multinomial over self.probs, without the K-wide tensors.
+        """
+        z = self.mu_x + self.sigma_x * torch.randn(self.mu_x.shape, generator=generator, device=self.mu_x.device, dtype=self.mu_x.dtype)
+        return (2.0 * bin_index(z, self.K).to(self.mu_x.dtype) + 1.0) / self.K - 1.0
 
 
 class CategoricalOutput(OutputDistribution):
@@ -162,8 +166,12 @@ class CategoricalOutput(OutputDistribution):
         return self.logits.argmax(-1)
 
     def sample(self, generator=None):
-        probs = self.probs
-        return torch.multinomial(probs.reshape(-1, self.K), 1, generator=generator).reshape(probs.shape[:-1])
+        """k ~ softmax(logits) (eq. 171): a Bernoulli draw for K = 2, else Gumbel-max (argmax of logits - ln E, E ~ Exp(1))."""
+        if self.K == 2:
+            p1 = torch.sigmoid(self.logits[..., 1] - self.logits[..., 0])
+            return (torch.rand(p1.shape, generator=generator, device=p1.device, dtype=p1.dtype) < p1).long()
+        e = torch.empty(self.logits.shape, device=self.logits.device, dtype=self.logits.dtype).exponential_(generator=generator)
+        return (self.logits - e.log()).argmax(-1)
 
 
 class DistributionFactory(ABC):

@@ -30,7 +30,7 @@ def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, ba
     chunks, done = [], 0
     while done < n:
         b = min(batch_size, n - done)
-        callback = (lambda i, total, b=b: on_progress(b)) if on_progress else None
+        callback = (lambda state, b=b: on_progress(b)) if on_progress else None
         chunks.append(bfn.sample((b, *loaded.data_shape), steps, generator=g, callback=callback).cpu().numpy())
         done += b
     samples = np.concatenate(chunks)

@@ -1,0 +1,204 @@
+"""BFN-Solvers (Xue et al., "Unifying Bayesian Flow Networks and Diffusion Models through SDEs", ICML 2024,
+arXiv:2404.15766) and the stepping loop every sampler runs on (`integrate`).
+
+Times are the BFN paper's t (0 = prior, 1 = data); the solver paper and its code run a reversed time 1 - t.
+Continuous and discretised data: the state is the input mean mu, and p_F (Graves et al. sec. 4) is the
+Gaussian path mu = a x + s eps with a = gamma(t), s = sqrt(gamma (1 - gamma)): a diffusion with log-SNR
+lambda = ln(a / s), so the solvers are exponential integrators in lambda on the data prediction
+x0 = E_{p_O}[x] (x_hat, or the binned mean for discretised data), as DPM-Solver++ is for diffusion.
+Discrete data: the state is the logit vector y, theta = softmax(y), y ~ N(beta (K e_x - 1), beta K I)
+(sec. 6); the probability-flow ODE dy/dt = y / t + beta_1 t (K e_hat - 1) and the reverse SDE
+dy = beta'(t) (K e_hat - 1) dt + sqrt(K beta'(t)) dw are integrated with their linear parts exact and
+e_hat = E_{p_O}[e_x] (the output probabilities) held constant (order 1) or linear in t (order 2).
+Only the paper's appendix algorithm numbers (Algs. 1-3 continuous, 4-7 discrete, per its Table 1) are
+cited; the order within each range follows the authors' README.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from bfn_core._checks import check_choice
+from bfn_core.distributions import OutputDistribution
+from bfn_core.errors import BfnError
+from bfn_core.flows import BayesianFlow, ContinuousBayesianFlow, DiscreteBayesianFlow, Params
+from bfn_core.time_grids import check_times
+
+OutputFn = Callable[[Params, Tensor], OutputDistribution]
+FINALS = ("sample", "mode")
+
+
+class GaussianPath:
+    """Continuous / discretised data: state mu; theta = (mu, rho(t) = sigma_1^(-2t)) as under p_F (eq. 80)."""
+
+    def __init__(self, flow: ContinuousBayesianFlow, shape: tuple[int, ...], device):
+        self.flow, self.shape, self.device = flow, shape, device
+        self.log_s1 = math.log(flow.sigma_1)
+
+    def beta(self, t: float) -> float:
+        return math.expm1(-2.0 * self.log_s1 * t)
+
+    def a_s_lam(self, t: float) -> tuple[float, float, float]:
+        """a = gamma, s = sqrt(gamma (1 - gamma)), lambda = ln(a / s); 1 - gamma from sigma_1^(2t), never by subtraction."""
+        gamma, rest = -math.expm1(2.0 * self.log_s1 * t), math.exp(2.0 * self.log_s1 * t)
+        return gamma, math.sqrt(gamma * rest), 0.5 * (math.log(gamma) - math.log(rest))
+
+    def init(self, t0: float, generator) -> Tensor:
+        """mu_0 = 0 at t = 0; later, the zero-mean p_F, N(0, gamma (1 - gamma)) (the solver code's default start)."""
+        mu = torch.zeros(self.shape, device=self.device)
+        if t0 > 0.0:
+            mu = self.a_s_lam(t0)[1] * torch.randn(self.shape, device=self.device, generator=generator)
+        return mu
+
+    def theta(self, mu: Tensor, t: float) -> Params:
+        rho = torch.full((self.shape[0],) + (1,) * (len(self.shape) - 1), math.exp(-2.0 * self.log_s1 * t), device=mu.device)
+        return mu, rho
+
+    def paper_step(self, mu, out, s, t, generator) -> Tensor:
+        alpha = torch.tensor(self.beta(t) - self.beta(s), dtype=mu.dtype, device=mu.device)
+        y = self.flow.sender_sample(out.sample(generator), alpha, generator)
+        return self.flow.update(self.theta(mu, s), y, alpha)[0]
+
+    def ode(self, mu, x0, s, t, prev) -> Tensor:
+        (_, sd_s, lam_s), (a_t, sd_t, lam_t) = self.a_s_lam(s), self.a_s_lam(t)
+        h = lam_t - lam_s
+        if prev is not None:  # multistep: x0 extrapolated linearly in lambda (DPM-Solver++(2M))
+            r = (lam_s - self.a_s_lam(prev[1])[2]) / h
+            x0 = (1.0 + 0.5 / r) * x0 - (0.5 / r) * prev[0]
+        return (sd_t / sd_s) * mu + (a_t * -math.expm1(-h)) * x0
+
+    def sde(self, mu, x0, s, t, prev, generator) -> Tensor:
+        (_, sd_s, lam_s), (a_t, sd_t, lam_t) = self.a_s_lam(s), self.a_s_lam(t)
+        h = lam_t - lam_s
+        if prev is not None:
+            r = (lam_s - self.a_s_lam(prev[1])[2]) / h
+            x0 = x0 + (0.5 / r) * (x0 - prev[0])
+        noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        return ((sd_t / sd_s) * math.exp(-h)) * mu + (a_t * -math.expm1(-2.0 * h)) * x0 + (sd_t * math.sqrt(-math.expm1(-2.0 * h))) * noise
+
+
+class CategoricalPath:
+    """Discrete data: state y (*shape, K), theta = softmax(y); beta(t) = beta_1 t^2 (sec. 6)."""
+
+    def __init__(self, flow: DiscreteBayesianFlow, shape: tuple[int, ...], device):
+        self.flow, self.shape, self.device = flow, shape, device
+        self.K, self.beta_1 = flow.K, flow.beta_1
+
+    def beta(self, t: float) -> float:
+        return self.beta_1 * t * t
+
+    def init(self, t0: float, generator) -> Tensor:
+        """y = 0 (the uniform prior) at t = 0; later, the zero-mean p_F, N(0, K beta I) (the solver code's default start)."""
+        y = torch.zeros((*self.shape, self.K), device=self.device)
+        if t0 > 0.0:
+            y = math.sqrt(self.K * self.beta(t0)) * torch.randn(y.shape, device=self.device, generator=generator)
+        return y
+
+    def theta(self, y: Tensor, t: float) -> Params:
+        return (torch.softmax(y, -1),)
+
+    def paper_step(self, y, out, s, t, generator) -> Tensor:
+        # Bayes' update softmax(y_sender + ln theta) is a sum of logits: kept as one, nothing underflows.
+        alpha = torch.tensor(self.beta(t) - self.beta(s), dtype=y.dtype, device=y.device)
+        return y + self.flow.sender_sample(out.sample(generator), alpha, generator)
+
+    def ode(self, y, e, s, t, prev) -> Tensor:
+        out = (t / s) * y + (self.beta_1 * t * (t - s)) * (self.K * e - 1.0)
+        if prev is not None:  # e_hat linear in t through the previous step's value
+            out = out + (self.K * self.beta_1 * t * (t - s) ** 2 / 2.0 / (s - prev[1])) * (e - prev[0])
+        return out
+
+    def sde(self, y, e, s, t, prev, generator) -> Tensor:
+        d_beta = self.beta(t) - self.beta(s)
+        noise = torch.randn(y.shape, device=y.device, dtype=y.dtype, generator=generator)
+        out = y + d_beta * (self.K * e - 1.0) + math.sqrt(self.K * d_beta) * noise
+        if prev is not None:  # integral of beta'(u) (u - s) du = beta_1 (t - s)^2 (2t + s) / 3
+            out = out + (self.K * self.beta_1 * (t - s) ** 2 * (2.0 * t + s) / 3.0 / (s - prev[1])) * (e - prev[0])
+        return out
+
+
+def path_for(flow: BayesianFlow, shape: tuple[int, ...], device) -> GaussianPath | CategoricalPath:
+    if isinstance(flow, ContinuousBayesianFlow):
+        return GaussianPath(flow, shape, device)
+    if isinstance(flow, DiscreteBayesianFlow):
+        return CategoricalPath(flow, shape, device)
+    raise BfnError(f"the samplers know ContinuousBayesianFlow and DiscreteBayesianFlow, got {type(flow).__name__}")
+
+
+# A step rule maps (path, state, p_O at t_i, i, times, memory, generator) to the state at t_{i+1}.
+StepRule = Callable[..., Tensor]
+
+
+@torch.no_grad()
+def integrate(rule: StepRule, output_fn: OutputFn, flow: BayesianFlow, shape, times, *, generator=None,
+              callback=None, final: str = "sample", drop_last: bool = False, return_trajectory: bool = False,
+              device=None, start_above_zero: bool = False, who: str = "sampler"):
+    """Run `rule` over the grid: p_O at each t_i drives step i; the result comes from p_O at t_n (or t_{n-1} with drop_last)."""
+    final = check_choice(final, FINALS, "final")
+    ts = check_times(times, start_above_zero=start_above_zero, who=who)
+    shape, n = tuple(shape), len(ts) - 1
+    path = path_for(flow, shape, device)
+    state, memory, trajectory = path.init(ts[0], generator), {}, []
+    for i in range(n + 1):
+        theta = path.theta(state, ts[i])
+        if return_trajectory:
+            trajectory.append(theta)
+        out = output_fn(theta, torch.full((shape[0],), ts[i], device=state.device))
+        if i == n:
+            break
+        if callback is not None:
+            callback({"step": i + 1, "n_steps": n, "t": ts[i], "theta": theta, "output": out})
+        if drop_last and i == n - 1:
+            break  # the solver code's `last_drop`: the last output is the result, one network call fewer
+        state = rule(path, state, out, i, ts, memory, generator)
+    result = out.sample(generator) if final == "sample" else out.mode
+    return (result, trajectory) if return_trajectory else result
+
+
+def _solver_rule(method: str, order: int) -> StepRule:
+    """One step of path.ode / path.sde on the data prediction E_{p_O}[x]; order 2 also uses the previous step's."""
+    def rule(path, state, out, i, ts, memory, generator):
+        prev = memory.get("prev") if order == 2 else None
+        x0 = out.mean
+        memory["prev"] = (x0, ts[i])
+        if method == "ode":
+            return path.ode(state, x0, ts[i], ts[i + 1], prev)
+        return path.sde(state, x0, ts[i], ts[i + 1], prev, generator)
+    return rule
+
+
+def prefers_grid(name: str):
+    """Mark a sampler's default time grid (a TIME_GRIDS name); samplers without the mark use 'uniform'."""
+    def mark(fn):
+        fn.time_grid = name
+        return fn
+    return mark
+
+
+@prefers_grid("logsnr")
+def ode1(output_fn: OutputFn, flow: BayesianFlow, shape, times, **options):
+    """BFN-Solver1, first-order ODE solver (Xue et al. App. Alg. 1 continuous / Alg. 4 discrete)."""
+    return integrate(_solver_rule("ode", 1), output_fn, flow, shape, times, start_above_zero=True, who="ode1", **options)
+
+
+@prefers_grid("logsnr")
+def ode2(output_fn: OutputFn, flow: BayesianFlow, shape, times, **options):
+    """BFN-Solver(++)2, second-order multistep ODE solver on the data prediction (Xue et al. App. Alg. 2 / Alg. 5)."""
+    return integrate(_solver_rule("ode", 2), output_fn, flow, shape, times, start_above_zero=True, who="ode2", **options)
+
+
+@prefers_grid("logsnr")
+def sde1(output_fn: OutputFn, flow: BayesianFlow, shape, times, **options):
+    """First-order SDE solver with exact linear part (Xue et al. Prop. 5.3 / App. Alg. 6 discrete; SDE-DPM-Solver++1 continuous)."""
+    gaussian = isinstance(flow, ContinuousBayesianFlow)
+    return integrate(_solver_rule("sde", 1), output_fn, flow, shape, times, start_above_zero=gaussian, who="sde1", **options)
+
+
+@prefers_grid("logsnr")
+def sde2(output_fn: OutputFn, flow: BayesianFlow, shape, times, **options):
+    """SDE-Solver++2, second-order multistep SDE solver (Xue et al. App. Alg. 3 continuous / Alg. 7 discrete)."""
+    gaussian = isinstance(flow, ContinuousBayesianFlow)
+    return integrate(_solver_rule("sde", 2), output_fn, flow, shape, times, start_above_zero=gaussian, who="sde2", **options)
