@@ -21,7 +21,7 @@ from pipelines.errors import PipelineError
 from pipelines.seeds import numpy_rng
 
 __all__ = ["SOURCES", "get_source", "DatasetSource", "SourceSplit", "MNIST", "CIFAR10", "Text8", "Digits",
-           "GaussianMixture2D", "MarkovSequences", "ArraySource"]
+           "GaussianMixture2D", "MarkovSequences", "ArraySource", "read_sklearn_digit_labels", "digits_split_rows"]
 
 
 # ------------------------------------------------------------------------------------------- digits
@@ -43,6 +43,18 @@ def read_sklearn_digits() -> tuple[np.ndarray, Path]:
     return table[:, :64].reshape(-1, 8, 8, 1).astype(np.uint8), path
 
 
+def read_sklearn_digit_labels() -> np.ndarray:
+    """The class (0..9) of each of scikit-learn's shipped digits, in the file's order (its last column)."""
+    _, path = read_sklearn_digits()
+    return np.loadtxt(path, delimiter=",", dtype=np.int64, usecols=64)
+
+
+def digits_split_rows(split: str, n: int) -> np.ndarray:
+    """Rows of the shipped file in the published ``train`` (before its val holdout) or ``test`` split."""
+    order = np.random.default_rng(0).permutation(n)  # fixed: the split never depends on --seed
+    return order[:DIGITS_TRAIN] if split == "train" else order[DIGITS_TRAIN:]
+
+
 class Digits(DatasetSource):
     name = "digits"
     description = "scikit-learn's 8x8 digits (17 grey levels), offline; read discretised K=17 (default) or binarised"
@@ -55,8 +67,7 @@ class Digits(DatasetSource):
 
     def _load(self, split, *, source_dir, seed, on_progress):
         images, path = read_sklearn_digits()
-        order = np.random.default_rng(0).permutation(len(images))  # fixed: the split never depends on --seed
-        idx = order[:DIGITS_TRAIN] if split == "train" else order[DIGITS_TRAIN:]
+        idx = digits_split_rows(split, len(images))
         return SourceSplit(np.ascontiguousarray(images[idx]), {
             "origin": "sklearn.datasets.load_digits (shipped with scikit-learn)", "files": {path.name: sha256_file(path)},
             "split_rule": f"permutation of default_rng(0); first {DIGITS_TRAIN} train, rest test"})
@@ -86,6 +97,10 @@ class GaussianMixture2D(DatasetSource):
         self.components, self.radius, self.std = components, radius, std
         self.num_samples = num_samples or {"train": 10000, VAL_SPLIT: 2000, "test": 2000}
         self.splits = tuple(s for s in SYNTHETIC_SPLITS if s in self.num_samples)
+
+    def weights(self) -> np.ndarray:
+        """The components' mixing weights (equal)."""
+        return np.full(self.components, 1.0 / self.components)
 
     def means(self) -> np.ndarray:
         angles = 2 * np.pi * np.arange(self.components) / self.components
@@ -117,6 +132,15 @@ class MarkovSequences(DatasetSource):
     def __init__(self, num_samples: dict[str, int] | None = None):
         self.num_samples = num_samples or {"train": 10000, VAL_SPLIT: 2000, "test": 2000}
         self.splits = tuple(s for s in SYNTHETIC_SPLITS if s in self.num_samples)
+
+    def initial_probabilities(self) -> np.ndarray:
+        """The law of the first symbol: uniform, as ``_load`` draws it (also the chain's stationary law)."""
+        k = self.field.num_classes
+        return np.full(k, 1.0 / k)
+
+    def transition_matrix(self) -> np.ndarray:
+        """P[i, j] = Pr(next symbol j | symbol i), a copy of TRANSITIONS."""
+        return self.TRANSITIONS.copy()
 
     def _load(self, split, *, source_dir, seed, on_progress):
         rng = _split_rng(seed, split)
