@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-unit demo bench clean
+.PHONY: setup test test-unit demo bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(PY) bench/core.py
 	$(PY) bench/data.py
 	$(PY) bench/train.py
+	$(PY) bench/sampler_math.py
+
+bench-gpu: $(STAMP)  # one GPU, under 8 minutes: one table and gpu_bench.json
+	$(PY) bench/gpu.py
 
 clean:
 	rm -rf $(VENV) .bfn build *.egg-info

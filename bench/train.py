@@ -41,7 +41,7 @@ def bench_config(manifest: Path, steps: int, workers: int, cpus: int, storage: P
     sets = {"data.train": manifest, "data.val": "null", "data.test": "null", "training.steps": 2 * steps,
             "training.log_every": steps, "training.checkpoint_every": 2 * steps, "training.batch_size": batch_size * workers,
             "scaling.num_workers": workers, "scaling.cpus_per_worker": cpus, "storage.path": storage}
-    return load_config(CONFIG, [f"{k}={v}" for k, v in sets.items()])
+    return load_config(CONFIG, {k: str(v) if isinstance(v, Path) else v for k, v in sets.items()})
 
 
 def plain_loop(cfg: ExperimentConfig, data_shape, threads: int) -> float:
@@ -63,17 +63,18 @@ def plain_loop(cfg: ExperimentConfig, data_shape, threads: int) -> float:
 
 def ray_run(cfg: ExperimentConfig, data_shape, threads_per_worker: int) -> float:
     """Samples per second of the real training loop on Ray Train, as its rank 0 measured them."""
-    from pipelines.ray_runtime import init_ray  # first: it keeps a local Ray on loopback
+    from pipelines.ray_runtime import init_ray
 
+    # one Ray session per layout: OMP_NUM_THREADS is a runtime_env setting, fixed per session; started
+    # before importing ray.train, which would fix the node's address to the network's
+    init_ray(num_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
+             env={"OMP_NUM_THREADS": str(threads_per_worker)})
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.worker import train_loop_per_worker
 
-    # one Ray session per layout: OMP_NUM_THREADS is a runtime_env setting, fixed per session
-    init_ray(num_cpus=cfg.scaling.num_workers * cfg.scaling.cpus_per_worker,
-             env={"OMP_NUM_THREADS": str(threads_per_worker)})
     try:
         trainer = TorchTrainer(
             train_loop_per_worker,

@@ -31,6 +31,7 @@ class Acceleration:
     dtype: torch.dtype | None
     compile: bool
     backend: str | Callable = "inductor"  # a torch.compile backend: a name or a compiler function
+    layout: Literal["auto", "nchw", "nhwc"] = "auto"  # auto: channels_last (NHWC) convolutions on CUDA
 
     def __post_init__(self):
         object.__setattr__(self, "device", torch.device(self.device))
@@ -47,7 +48,7 @@ class Acceleration:
     @property
     def channels_last(self) -> bool:
         """NHWC convolutions: what cuDNN's tensor-core kernels read; on CPU they only add copies."""
-        return self.device.type == "cuda"
+        return self.layout == "nhwc" or (self.layout == "auto" and self.device.type == "cuda")
 
     @property
     def precision(self) -> str:
@@ -84,11 +85,11 @@ def has_convolutions(net: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in net.modules())
 
 
-def configure_backends(device: torch.device) -> None:
+def configure_backends(device: torch.device, tf32: bool = True) -> None:
     """TF32 matmuls and convolutions (float32 work left outside autocast) and cuDNN autotuning on CUDA."""
     if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True  # fixed shapes per run: the autotuned kernels are reused
 
 

@@ -124,11 +124,13 @@ def lr_factor(step: int, warmup: int) -> float:
     return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
 
 
-def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int, device):
+def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int, device, check=None):
     """Endless micro-batches of this rank's share on `device`, from optimiser step `start_step` on. The
     epoch (and so its shuffle) follows from the step, and a resumed run skips the batches its checkpoint
     had already seen: the data order is the one an uninterrupted run would have had. Loader workers
-    decode ahead; on a GPU each batch is copied from pinned memory one step ahead, overlapping the step."""
+    decode ahead; on a GPU each batch is copied from pinned memory one step ahead, overlapping the step.
+    `check` (the flow's check_data) sees each batch on the host, before the copy, where it costs no
+    wait for the GPU; the loss is then called with check_data=False."""
     from pipelines.data.reader import make_loader
 
     loader, per_epoch = make_loader(cfg.data.train, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
@@ -151,6 +153,8 @@ def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int,
 
     ahead = None
     for x in host_batches():
+        if check is not None:
+            check(x)
         x = x.to(device, non_blocking=True)
         if ahead is not None:
             yield ahead
@@ -234,12 +238,13 @@ def build_training(cfg: ExperimentConfig, data_shape, accel: Acceleration):
 
 
 def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], cfg: ExperimentConfig, step: int,
-                      dims: int, accel: Acceleration | None = None):
+                      dims: int, accel: Acceleration | None = None, data_checked: bool = False):
     """One AdamW step on the loss in nats per dimension over the micro-batches (gradients accumulated,
     synchronised once), the network under accel's autocast (default: the config's precision on the
     batches' device; the loss in float32 either way, see BFN.loss), clipped, then the EMA.
 
-    `model` is what the forward pass goes through (DDP-wrapped or not), `bfn` owns the parameters.
+    `model` is what the forward pass goes through (DDP-wrapped or not), `bfn` owns the parameters;
+    `data_checked`: the batches were checked on the host (see train_batches), so the loss skips it.
     Returns (mean loss, grad norm before clipping) as tensors."""
     t = cfg.training
     accel = accel or Acceleration.resolve(micro_batches[0].device, t.precision, "off")
@@ -252,7 +257,7 @@ def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], c
         sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with accel.autocast():
-                loss = model(x, n_steps, n_mc=cfg.loss.n_mc).mean() / dims
+                loss = model(x, n_steps, n_mc=cfg.loss.n_mc, check_data=not data_checked).mean() / dims
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(bfn.parameters(), t.grad_clip or float("inf"))
@@ -291,12 +296,12 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is not None:
         metrics.add(step, **{RESUMED_FROM_STEP: step})  # one point per restart: where training picked up
     dims = math.prod(data_shape)
-    batches = train_batches(cfg, rank, world, step, device)
+    batches = train_batches(cfg, rank, world, step, device, check=bfn.flow.check_data)
     saved_config = model_meta(cfg.model_dump(mode="json"), data_shape, cfg.bfn_kwargs())
     tick, tick_step, rate = time.perf_counter(), step, float("nan")
     while step < t.steps:
         micro = [next(batches) for _ in range(cfg.accumulation_steps)]
-        loss, grad_norm = optimisation_step(model, bfn, ema, opt, micro, cfg, step, dims, accel)
+        loss, grad_norm = optimisation_step(model, bfn, ema, opt, micro, cfg, step, dims, accel, data_checked=True)
         step += 1
         validated = bool(cfg.data.val) and (step % t.val_every == 0 or step == t.steps)
         checkpointed = validated or step % t.checkpoint_every == 0 or step == t.steps

@@ -131,3 +131,39 @@ def test_ddp_ranks_stay_identical_with_and_without_accumulation(accumulation):
                                         ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12), ("Tesla T4", None)])
 def test_bf16_peaks_by_device_name(name, peak):
     assert bf16_peak_flops(name) == peak
+
+
+def test_sampling_under_bf16_autocast_uses_float32_outputs():
+    """The sampler's distributions get float32 network outputs under bf16 autocast, as the loss does."""
+    bfn, _, _ = build_training(_cfg(), (8, 8, 1), Acceleration.resolve("cpu"))
+    theta, t = bfn.flow.prior((2, 8, 8, 1)), torch.full((2,), 0.7)
+    with Acceleration.resolve("cpu", "bf16", "off").autocast():
+        dist = bfn.output_distribution(theta, t)
+        samples = bfn.sample((2, 8, 8, 1), 3, generator=torch.Generator().manual_seed(0))
+    assert dist.mu_x.dtype == torch.float32 and dist.sigma_x.dtype == torch.float32
+    assert samples.dtype == torch.float32 and samples.abs().max() <= 1
+
+
+def test_training_batches_are_checked_on_the_host_before_the_copy(tmp_path):
+    """The worker checks each batch where it costs no GPU wait; a bad batch still fails with the flow's error."""
+    from bfn_core.errors import BfnError
+    from pipelines.worker import train_batches
+
+    seen = []
+
+    def check(x):
+        seen.append(x.device.type)
+        raise BfnError("x must lie in [-1, 1]")
+
+    cfg = _cfg()
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": str(_digits_manifest(tmp_path))})})
+    with pytest.raises(BfnError, match=r"\[-1, 1\]"):
+        next(train_batches(cfg, 0, 1, 0, torch.device("cpu"), check=check))
+    assert seen == ["cpu"]
+
+
+def _digits_manifest(tmp_path):
+    from pipelines.data.writer import write_shards
+
+    write_shards("digits", "train", str(tmp_path / "digits"), shard_size=512)
+    return tmp_path / "digits" / "train" / "manifest.json"
