@@ -2,7 +2,9 @@
 
 This file is what MLflow stores as the model's code: `predict` draws samples. The weights travel
 as a safetensors artifact and the experiment config as JSON; nothing is pickled.
-predict input: a DataFrame or dict with columns n (samples), steps (sampling steps), seed.
+predict input: a DataFrame or dict with columns n (samples), steps (sampling steps), seed, and optionally
+sampler (bfn, ode1, ode2, sde1, sde2), grid (uniform, solver, logsnr; default: the sampler's own) and
+final (sample or mode).
 """
 from __future__ import annotations
 
@@ -29,7 +31,10 @@ class BFNSampler(mlflow.pyfunc.PythonModel):
         row = model_input.iloc[0].to_dict() if hasattr(model_input, "iloc") else dict(model_input)
         row = {k: (v[0] if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in row.items()}
         n, steps, seed = int(row.get("n", 16)), int(row.get("steps", 100)), int(row.get("seed", 0))
-        samples = self.bfn.sample((n, *self.data_shape), steps, generator=torch.Generator().manual_seed(seed))
+        grid = row.get("grid")
+        samples = self.bfn.sample((n, *self.data_shape), steps, generator=torch.Generator().manual_seed(seed),
+                                  sampler=str(row.get("sampler") or "bfn"), grid=str(grid) if grid else None,
+                                  final=str(row.get("final") or "sample"))
         return samples.numpy()
 
 

@@ -185,3 +185,42 @@ def log_quality(run_id: str, points: Sequence[SamplerPoint]) -> list[str]:
         for name in ("quality.json", "quality.png"):
             client.log_artifact(run_id, str(tmp / name), "eval")
     return ["eval/quality.json", "eval/quality.png", "eval/quality_table.json"]
+
+
+def evaluate_quality(ref: str, *, samplers: Sequence[str], steps: Sequence[int], n: int = 256, batch_size: int = 256,
+                     seed: int = 0, device: str = "auto", precision: str = "auto", dataset: str | None = None,
+                     log: bool = True, on_point: Callable[[SamplerPoint], None] | None = None
+                     ) -> tuple[list[SamplerPoint], str | None, list[str]]:
+    """`bfn eval --quality`: the quality curve of a model over samplers x step counts, logged to its run
+    when known. Returns (points, run id, artifacts)."""
+    from pipelines.evaluate import check_precision, resolve_device
+    from pipelines.model_store import load_model
+    from pipelines.sampling import check_sampler_choice
+    from pipelines.tracking import setup_mlflow
+
+    for name in samplers:
+        check_sampler_choice(name, None, "sample")
+    if not steps or any(s < 1 for s in steps) or n < 1:
+        raise PipelineError(f"--steps must be step counts >= 1 and --n-samples >= 1, got steps {list(steps)}, n {n}")
+    check_precision(precision)
+    dev = resolve_device(device)
+    if not Path(ref).is_dir():
+        setup_mlflow()
+    loaded = load_model(ref)
+    dataset = dataset or model_dataset(loaded.config)
+    points = quality_curve(loaded, samplers, steps, n=n, batch_size=batch_size, seed=seed, device=dev,
+                           precision=precision, dataset=dataset, on_point=on_point)
+    artifacts = log_quality(loaded.run_id, points) if log and loaded.run_id else []
+    return points, loaded.run_id, artifacts
+
+
+def format_points(points: Sequence[SamplerPoint]) -> str:
+    """The quality table as text: one row per sampler and step count."""
+    if not points:
+        return "(no points)"
+    head = points[0]
+    lines = [f"{'sampler':<8} {'steps':>6} {'NFE':>5} {head.headline + (' (min)' if head.mode == 'min' else ' (max)'):>22} "
+             f"{'ms/sample':>10}"]
+    for p in points:
+        lines.append(f"{p.sampler:<8} {p.steps:>6} {p.nfe:>5} {p.quality:>22.4g} {p.seconds_per_sample * 1e3:>10.2f}")
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -141,6 +142,14 @@ def test_platform_end_to_end(tmp_path):
         out = tmp_path / "samples"
         ok(cli("sample", "models:/digits-e2e@champion", "--n", "4", "--steps", "5", "--out", str(out), env=env))
         assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+        ok(cli("sample", "models:/digits-e2e@champion", "--n", "4", "--sampler", "ode2", "--steps", "4", "--out",
+               str(tmp_path / "fast"), env=env))
+        assert np.load(tmp_path / "fast.npy").shape == (4, 8, 8, 1)
+        quality = json.loads(ok(cli("eval", runs[1], "--quality", "--sampler", "bfn,ode2", "--steps", "3,6",
+                                    "--n-samples", "32", "--json", env=env)).stdout)
+        assert [(p["sampler"], p["steps"], p["nfe"]) for p in quality["points"]] == [
+            ("bfn", 3, 4), ("bfn", 6, 7), ("ode2", 3, 4), ("ode2", 6, 7)]
+        assert all(p["headline"] == "fd_digits" and p["metrics"]["fd_digits"] > 0 for p in quality["points"])
         listed = json.loads(ok(cli("runs", "list", "--experiment", "e2e", "--json", env=env)).stdout)
         assert {r["run_id"] for r in listed} == set(runs)
         assert all("test_bits_inf" in r["metrics"] for r in listed)
@@ -155,6 +164,7 @@ def test_platform_end_to_end(tmp_path):
         ok(cli("data", "inspect", f"{data}/test", "--verify", "--picture", str(tmp_path / "inspect.png"), env=env))
         after = json.loads(ok(cli("runs", "show", runs[1], "--json", env=env)).stdout)
         assert after["artifacts"] == before and "eval/likelihood.json" in after["artifacts"]
+        assert {"eval/quality.json", "eval/quality.png", "eval/quality_table.json"} <= set(after["artifacts"])
         assert after["likelihood"]["rows"][0]["label"] == "inf"
         ok(cli("sample", "models:/digits-e2e@champion", "--n", "2", "--steps", "3", "--out", str(tmp_path / "s2"), env=env))
 

@@ -72,6 +72,8 @@ def test_two_worker_run_is_fully_tracked(trained_run, mlflow_url):
     pyfunc = mlflow.pyfunc.load_model(trained_run.model_uri)
     samples = np.asarray(pyfunc.predict({"n": [3], "steps": [4], "seed": [0]}))
     assert samples.shape == (3, 8, 8, 1) and np.abs(samples).max() <= 1.0
+    fast = np.asarray(pyfunc.predict({"n": [2], "steps": [3], "seed": [0], "sampler": ["ode2"], "final": ["mode"]}))
+    assert fast.shape == (2, 8, 8, 1) and np.abs(fast).max() <= 1.0
 
 
 def _train_worker_pids() -> set[int]:
