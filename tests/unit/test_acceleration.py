@@ -53,17 +53,38 @@ def test_bf16_network_keeps_the_loss_in_float32_and_close_to_fp32():
     torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=0.05, atol=0.05)
 
 
-def test_compiled_network_trains_like_eager_without_recompiling_for_new_times():
+NETWORKS = {
+    "unet": ({"network": "unet", "width": 8, "channel_mults": [1, 2], "attention_resolutions": [4],
+              "fourier_exponents": []}, "discretised", (8, 8, 1)),
+    "vdm_unet": ({"network": "vdm_unet", "width": 8, "n_blocks": 1, "norm_groups": 4, "dropout": 0.1},
+                 "discretised", (8, 8, 1)),
+    "transformer": ({"network": "transformer", "width": 16, "depth": 1, "heads": 2}, "discrete", (12,)),
+}
+
+
+def _cfg_for(network: str, **training):
+    net, kind, _ = NETWORKS[network]
+    raw = {"data": {"train": "m.json", "kind": kind, "num_classes": 16}, "model": net,
+           "flow": {"sigma_1": 0.02} if kind == "discretised" else {"beta_1": 1.0},
+           "training": {"steps": 10, "batch_size": 8, **training}}
+    return parse_config(raw)
+
+
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+def test_compiled_network_trains_like_eager_without_recompiling_for_new_times(network):
     """The loss draws fresh t every step; the compiled network sees t as a tensor, so it compiles once
     (a counting backend records every graph compiled). Eager and compiled runs take the same steps."""
-    cfg = _cfg(grad_clip=1.0, ema_decay=0.9)
+    cfg = _cfg_for(network, grad_clip=1.0, ema_decay=0.9)
+    shape = NETWORKS[network][2]
+    data = [_x(seed=s) if len(shape) == 3 else torch.randint(0, 16, (8, *shape), generator=torch.Generator().manual_seed(s))
+            for s in range(4)]
     counter = CompileCounter()
     losses = {}
     for name, accel in {"eager": Acceleration.resolve("cpu", "fp32", "off"),
                         "compiled": Acceleration("cpu", None, True, backend=counter)}.items():
-        bfn, ema, opt = build_training(cfg, (8, 8, 1), accel)
+        bfn, ema, opt = build_training(cfg, shape, accel)
         torch.manual_seed(3)
-        losses[name] = [optimisation_step(bfn, bfn, ema, opt, [_x(seed=s)], cfg, s, 64, accel)[0].item()
+        losses[name] = [optimisation_step(bfn, bfn, ema, opt, [data[s]], cfg, s, 64, accel)[0].item()
                         for s in range(4)]
         state = bfn.state_dict()
     assert counter.frame_count == 1, f"{counter.frame_count} compilations over 4 steps with random t"
