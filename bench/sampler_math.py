@@ -8,7 +8,6 @@ multinomial), plus a 10-NFE sampler run per registry entry on a toy oracle.  Run
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from core import median_time  # noqa: E402  (bench/core.py)
 from bfn_core import SAMPLERS, TIME_GRIDS, ContinuousBayesianFlow, bin_centres  # noqa: E402
 from bfn_core.distributions import CategoricalOutput, DeltaDistribution, DiscretisedNormal  # noqa: E402
 
@@ -31,17 +32,6 @@ def multinomial_categorical(dist: CategoricalOutput, generator=None) -> torch.Te
     """The previous CategoricalOutput.sample: a multinomial over softmax(logits) for every K."""
     probs = dist.probs
     return torch.multinomial(probs.reshape(-1, dist.K), 1, generator=generator).reshape(probs.shape[:-1])
-
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _pair(label: str, old, new, repeats: int) -> None:

@@ -43,6 +43,13 @@ def check_choice(value: str, choices: tuple[str, ...], name: str) -> str:
     return value
 
 
+def registered(registry: dict, name: str, what: str):
+    """registry[name], or a BfnError naming the registered choices."""
+    if name not in registry:
+        raise BfnError(f"unknown {what} {name!r}: choose one of {sorted(registry)}")
+    return registry[name]
+
+
 def check_continuous_data(x: torch.Tensor) -> None:
     if not torch.is_floating_point(x):
         raise BfnError(f"x must be a floating-point tensor in [-1, 1] for continuous data, got dtype {x.dtype}")

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from bfn_core._checks import check_n_steps
+from bfn_core._checks import check_n_steps, registered
 from bfn_core.errors import BfnError
 from bfn_core.flows import BayesianFlow
 from bfn_core.solvers import OutputFn, integrate, ode1, ode2, sde1, sde2
@@ -50,9 +50,7 @@ SAMPLERS: dict[str, Sampler] = {
 
 def get_sampler(name: str) -> Sampler:
     """The sampler registered under name."""
-    if name not in SAMPLERS:
-        raise BfnError(f"unknown sampler {name!r}: choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name]
+    return registered(SAMPLERS, name, "sampler")
 
 
 def preferred_grid(name: str) -> str:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from bfn_core._checks import check_n_steps
+from bfn_core._checks import check_n_steps, registered
 from bfn_core.errors import BfnError
 from bfn_core.flows import BayesianFlow, DiscreteBayesianFlow
 
@@ -67,9 +67,7 @@ TIME_GRIDS: dict[str, TimeGrid] = {
 
 def get_time_grid(name: str) -> TimeGrid:
     """The grid function registered under name."""
-    if name not in TIME_GRIDS:
-        raise BfnError(f"unknown time grid {name!r}: choose one of {sorted(TIME_GRIDS)}")
-    return TIME_GRIDS[name]
+    return registered(TIME_GRIDS, name, "time grid")
 
 
 def check_times(times, *, start_above_zero: bool = False, who: str = "sampler") -> list[float]:
