@@ -96,6 +96,15 @@ def resolve_model_uri(ref: str) -> tuple[str, str | None]:
     return f"models:/{model_id}", run_id
 
 
+def registered_version(ref: str) -> tuple[str, str] | None:
+    """(name, version) of a models:/NAME@ALIAS or models:/NAME/VERSION reference, else None."""
+    if not ref.startswith("models:/"):
+        return None
+    uri, _ = resolve_model_uri(ref)
+    body = uri[len("models:/"):]
+    return tuple(body.split("/", 1)) if "/" in body else None
+
+
 def load_model(ref: str) -> LoadedModel:
     """Load a trained BFN from a run id, runs:/ or models:/ URI, or a local checkpoint folder."""
     path = Path(ref)

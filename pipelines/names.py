@@ -25,6 +25,8 @@ TAG_SWEEP_TRIAL = "bfn.sweep.trial_id"
 TAG_SWEEP_STATUS = "bfn.sweep.status"  # completed | stopped_early | failed | running
 TAG_SWEEP_PARENT = "bfn.sweep.parent"
 TAG_SWEEP_BEST_RUN = "bfn.sweep.best_run_id"
+TAG_SWEEP_PARETO = "bfn.sweep.pareto_run_ids"  # a multi-objective or sampler sweep's front, comma-separated
+TAG_RECOMMENDED = "bfn.recommended"  # bfn.recommended.sampler / .steps / .grid / .quality / .sweep on a model version
 TAG_REGISTERED_RUN = "bfn.run_id"  # on a registered model version: the run it came from
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from pipelines.pictures import save_figure
 from pipelines.names import STEP
-from sweeps.spec import EVAL_STEPS, LOSS_STEPS, SweepSpec, is_log_scale, step_count_value, trial_config
+from sweeps.spec import LOSS_STEPS, SweepSpec, is_log_scale, step_count_value, trial_config
 from sweeps.trial import OBJECTIVE
 
 STATUS_COLOURS = {"completed": "tab:blue", "stopped_early": "tab:orange", "failed": "tab:red", "running": "tab:gray"}
@@ -23,10 +23,12 @@ def trial_status(error: Any, last_step: float | None, max_steps: int) -> str:
 
 
 def results_table(rows: list[dict[str, Any]], spec: SweepSpec) -> pd.DataFrame:
-    """One row per trial: id, status, MLflow run, sampled values, objective, steps trained; best first."""
-    columns = ["trial_id", "status", "run_id", *[f"param.{k}" for k in spec.space], "objective", "metric", "steps"]
+    """One row per trial: id, status, MLflow run, sampled values, objective (the first one's value and
+    name), steps trained, the other objectives' values; best (on the first objective) first."""
+    columns = ["trial_id", "status", "run_id", *[f"param.{k}" for k in spec.space], "objective", "metric", "steps",
+               *[g.metric for g in spec.goals[1:]]]
     df = pd.DataFrame(rows, columns=columns)
-    ascending = spec.objective.mode == "min"
+    ascending = spec.goals[0].mode == "min"
     return df.sort_values("objective", ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 
@@ -79,9 +81,9 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    metric = spec.objective.metric
+    metric = spec.goals[0].metric
     for key in spec.space:
-        if key in (LOSS_STEPS, EVAL_STEPS):
+        if key == LOSS_STEPS:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for status, group in df.groupby("status"):
@@ -96,7 +98,7 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
         fig.tight_layout()
         paths.append(folder / f"objective_vs_{key.replace('.', '_')}.png")
         save_figure(fig, paths[-1], dpi=120)
-    step_keys = [k for k in (LOSS_STEPS, EVAL_STEPS) if k in spec.space]
+    step_keys = [k for k in (LOSS_STEPS,) if k in spec.space]
     if step_keys:
         fig, axes = plt.subplots(1, len(step_keys), figsize=(4.5 * len(step_keys), 3.6), squeeze=False)
         for ax, key in zip(axes[0], step_keys):
@@ -127,6 +129,21 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
         paths.append(folder / "objective_curves.png")
         save_figure(fig, paths[-1], dpi=120)
     return paths
+
+
+def save_pareto(df: pd.DataFrame, spec: SweepSpec, folder: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """A multi-objective sweep's front among its completed trials: pareto_front.csv and a picture of the
+    first two objectives (every trial, the front drawn through them)."""
+    from sweeps.pareto import front_table, save_pareto_plot
+
+    names = [g.metric for g in spec.goals]
+    modes = [g.mode for g in spec.goals]
+    done = df[df["status"] == "completed"].rename(columns={"objective": names[0]})
+    front = front_table(done, names, modes)
+    front.to_csv(folder / "pareto_front.csv", index=False)
+    picture = save_pareto_plot(done, names[0], names[1], modes[:2], folder / "pareto_front.png",
+                               title=f"{spec.name}: completed trials and their Pareto front")
+    return front, [folder / "pareto_front.csv", picture]
 
 
 def _missing(value) -> bool:

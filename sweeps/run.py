@@ -26,11 +26,12 @@ from pipelines.names import (
     TAG_SWEEP,
     TAG_SWEEP_BEST_RUN,
     TAG_SWEEP_PARENT,
+    TAG_SWEEP_PARETO,
     TAG_SWEEP_STATUS,
     TAG_SWEEP_TRIAL,
 )
 from pipelines.ray_runtime import init_ray
-from sweeps.spec import SweepSpec, check_spec, flat_spec, objective_metric, tune_space
+from sweeps.spec import SweepSpec, check_spec, flat_spec, tune_space
 from sweeps.trial import OBJECTIVE, TAG_PARENT, find_trial_run, run_trial
 
 # Tune saves its experiment state at most this often; a killed driver loses at most this much.
@@ -169,7 +170,7 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
     parent = _parent_run(client, experiment_id, spec, name, bool(resume))
     say(f"sweep {name}: MLflow parent run {parent}; resume with `bfn sweep {spec.source} --resume {name}`")
     fixed = {"name": name, "prepared": prep, "tracking_uri": uri, "parent_run_id": parent, "experiment_id": experiment_id,
-             "objective": spec.objective.metric}
+             "goals": [g.metric for g in spec.goals]}
     # The trial function only starts a TorchTrainer, whose workers hold the resources. The trial asks
     # for one byte of memory, not a CPU (Tune refuses an empty request), so `budget.concurrent`
     # trials fit wherever their workers fit.
@@ -183,7 +184,7 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
             tuner = tune.Tuner(
                 trainable,
                 param_space=tune_space(spec),
-                tune_config=tune.TuneConfig(metric=OBJECTIVE, mode=spec.objective.mode, search_alg=make_searcher(spec, name),
+                tune_config=tune.TuneConfig(**_tune_goal(spec), search_alg=make_searcher(spec, name, base.training.steps),
                                             scheduler=make_scheduler(spec, base, ASHAScheduler, FIFOScheduler),
                                             num_samples=spec.budget.trials, max_concurrent_trials=spec.budget.concurrent,
                                             time_budget_s=spec.budget.time_limit_s),
@@ -204,15 +205,21 @@ def run_sweep(spec: SweepSpec, *, resume: str | None = None, ray_address: str | 
     return outcome
 
 
-def make_searcher(spec: SweepSpec, name: str):
+def _tune_goal(spec: SweepSpec) -> dict[str, Any]:
+    """Tune's metric and mode: the objective under one name, or none for a multi-objective sweep
+    (its searcher holds the metrics, and no scheduler ranks the trials on one of them)."""
+    if len(spec.goals) > 1:
+        return {}
+    return {"metric": OBJECTIVE, "mode": spec.goals[0].mode}
+
+
+def make_searcher(spec: SweepSpec, name: str, max_steps: int):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps.searcher import StepKeyedOptunaSearch, make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if spec.search.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=max(2, min(10, spec.budget.trials // 3)))
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
+    sampler = make_sampler(spec.sampler, spec.search.seed, spec.budget.trials)
     storage = None
     if spec.search.storage:
         try:
@@ -220,11 +227,12 @@ def make_searcher(spec: SweepSpec, name: str):
         except Exception as err:
             raise PipelineError(f"search.storage {spec.search.storage}: cannot open the Optuna storage "
                                 f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
-    return OptunaSearch(sampler=sampler, study_name=name, storage=storage)
+    goal = {} if len(spec.goals) == 1 else {"metric": [g.metric for g in spec.goals], "mode": [g.mode for g in spec.goals]}
+    return StepKeyedOptunaSearch(sampler=sampler, study_name=name, storage=storage, max_steps=max_steps, **goal)
 
 
 def make_scheduler(spec: SweepSpec, base, asha_cls, fifo_cls):
-    if not spec.asha.enabled:
+    if not spec.early_stopping:
         return fifo_cls()
     return asha_cls(time_attr=STEP, max_t=base.training.steps, grace_period=spec.asha.grace_period,
                     reduction_factor=spec.asha.reduction_factor)
@@ -235,7 +243,7 @@ def _finish(spec, base, name, parent, grid, client, experiment_id, fs, say, out_
     from ray.train import Checkpoint
 
     from pipelines.train import log_run_models
-    from sweeps.results import best_row, results_table, save_plots, save_table, trial_status, write_best_config
+    from sweeps.results import best_row, results_table, save_pareto, save_plots, save_table, trial_status, write_best_config
 
     children = {r.data.tags.get(TAG_SWEEP_TRIAL): r.info.run_id for r in client.search_runs(
         [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'", max_results=10000)}
@@ -249,7 +257,8 @@ def _finish(spec, base, name, parent, grid, client, experiment_id, fs, say, out_
         rows.append({"trial_id": trial_id, "status": trial_status(result.error, last_step, base.training.steps),
                      "run_id": children.get(trial_id), **{f"param.{k}": params.get(k) for k in spec.space},
                      "objective": float(value) if isinstance(value, (int, float)) else math.nan,
-                     "metric": objective_metric(spec.objective.metric, params), "steps": last_step or 0})
+                     "metric": spec.goals[0].metric, "steps": last_step or 0,
+                     **{g.metric: _number(metrics.get(g.metric)) for g in spec.goals[1:]}})
         try:
             histories[trial_id] = result.metrics_dataframe
         except Exception:  # a trial that never reported has no history
@@ -260,6 +269,12 @@ def _finish(spec, base, name, parent, grid, client, experiment_id, fs, say, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     files = save_table(table, out_dir)
     files += save_plots(table, spec, out_dir, {k: v for k, v in histories.items() if v is not None})
+    if len(spec.goals) > 1:
+        front, pareto_files = save_pareto(table, spec, out_dir)
+        files += pareto_files
+        client.set_tag(parent, TAG_SWEEP_PARETO, ",".join(str(r) for r in front["run_id"]))
+        say(f"Pareto front ({' vs '.join(g.metric for g in spec.goals)}): {len(front)} trials: "
+            + ", ".join(str(t) for t in front["trial_id"]))
     best = best_row(table)
     best_config = model_uri = None
     if best is not None:
@@ -280,6 +295,10 @@ def _finish(spec, base, name, parent, grid, client, experiment_id, fs, say, out_
             f"config {best_config}")
     return SweepOutcome(name, parent, table, None if best is None else best["run_id"],
                         None if best is None else float(best["objective"]), best_config, model_uri, out_dir)
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def _print_table(table: pd.DataFrame, say) -> None:

@@ -1,29 +1,36 @@
-"""Typed sweep specs: a base experiment config, a search space over its fields, an objective, a
-budget, ASHA and Optuna settings. Everything is checked here, before Ray or any trial starts.
+"""Typed sweep specs: a base experiment config, a search space over its fields, one objective (or
+several, for a Pareto front), a budget, ASHA and Optuna settings. Everything is checked here, before
+Ray or any trial starts.
 
-A search space maps a dotted config path (``flow.sigma_1``, ``optimizer.lr``, ``training.batch_size``)
-to a distribution, plus two keys that are not plain config fields:
+A search space maps a dotted config path (``flow.sigma_1``, ``optimizer.lr``, ``loss.n_steps``) to a
+distribution. ``loss.n_steps`` is the training loss's n (``null``: the continuous-time loss), so one
+dimension covers "L^inf or L^n with n from a list".
 
-* ``loss.n_steps``: the config field itself: a choice of n for the discrete-time loss, where ``null``
-  means the continuous-time loss (so one dimension covers "L^inf or L^n with n from a list");
-* ``eval_steps``: a choice of the step count the objective is measured at; the objective metric names
-  it as ``{eval_steps}`` (``val_bits_{eval_steps}`` -> ``val_bits_n10``, ``val_bits_inf``).
+Every trial is judged by the same metric, measured the same way: a step count is a training
+hyperparameter (the loss's n) or part of the metric's name (``val_bits_n25``), never a searched
+choice of which metric to compare: a trial validated at n = 100 beats one validated at n = 25 by
+construction, so a search over that choice optimises the mix, not the model. Specs that would mix
+metrics are refused, saying why. The step counts an objective names are added to the trials'
+``training.val_steps``; the others listed there are measured on every trial as a curve.
 """
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bfn_core import steps_label
+from bfn_core import parse_steps, steps_label
 from pipelines.config import ExperimentConfig, apply_overrides, flatten, format_validation_error, parse_config, read_yaml
 from pipelines.errors import PipelineError
 from pipelines.names import reported_metrics
 
-EVAL_STEPS = "eval_steps"
 LOSS_STEPS = "loss.n_steps"
+MIXED = ("would rank trials measured at different step counts against each other (a trial validated at n = 100 "
+         "beats one at n = 25 by construction)")
+_VAL_METRIC = re.compile(r"^val_(bits|nats)_(inf|n\d+)$")
 
 
 class _Strict(BaseModel):
@@ -57,8 +64,13 @@ class Dimension(_Strict):
 
 
 class Objective(_Strict):
-    metric: str = Field("val_bits_inf", description="a metric the trainer reports, e.g. val_bits_inf, val_bits_{eval_steps}, loss")
+    metric: str = Field("val_bits_inf", description="a metric the trainer reports, e.g. val_bits_inf, val_bits_n25, loss")
     mode: Literal["min", "max"] = "min"
+
+    def step_label(self) -> str | None:
+        """The step label of a validation metric (val_bits_n25 -> 'n25'), else None."""
+        found = _VAL_METRIC.match(self.metric)
+        return found.group(2) if found else None
 
 
 class Budget(_Strict):
@@ -74,7 +86,7 @@ class Asha(_Strict):
 
 
 class Search(_Strict):
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "nsga2"] | None = Field(None, description="default: tpe, or nsga2 with several objectives")
     seed: int = 0
     storage: str | None = Field(None, description="Optuna storage URL (sqlite:///path.db, postgresql://...) for optuna-dashboard")
 
@@ -84,9 +96,10 @@ class SweepSpec(_Strict):
     base: str = Field(description="experiment config YAML, relative to the spec file")
     set: dict[str, Any] = Field(default_factory=dict, description="overrides of the base config for every trial")
     space: dict[str, Dimension]
-    objective: Objective = Objective()
+    objective: Objective | None = None
+    objectives: list[Objective] | None = Field(None, description="two or more: a multi-objective sweep reporting the Pareto front")
     budget: Budget = Budget()
-    asha: Asha
+    asha: Asha | None = Field(None, description="early stopping of poor trials (single objective only)")
     search: Search = Search()
     experiment: str | None = Field(None, description="MLflow experiment (default: the base config's)")
     source: str = Field("", exclude=True)
@@ -99,6 +112,34 @@ class SweepSpec(_Strict):
             raw = {**raw, "space": _join_space(raw["space"])}
         return raw
 
+    @model_validator(mode="after")
+    def _goals(self):
+        if self.objective is not None and self.objectives is not None:
+            raise ValueError("give objective: (one metric) or objectives: (a list, for a Pareto front), not both")
+        if self.objectives is not None:
+            names = [o.metric for o in self.objectives]
+            if len(names) < 2 or len(set(names)) != len(names):
+                raise ValueError(f"objectives needs two or more different metrics, got {names}; use objective: for one")
+            if self.asha is not None and self.asha.enabled:
+                raise ValueError("asha stops trials on one metric; a multi-objective sweep runs every trial to the end: "
+                                 "remove asha: (or set asha.enabled: false)")
+        if self.objective is None and self.objectives is None:
+            self.objective = Objective()
+        return self
+
+    @property
+    def goals(self) -> list[Objective]:
+        """The objectives: one, or several for a Pareto front."""
+        return list(self.objectives) if self.objectives is not None else [self.objective]
+
+    @property
+    def sampler(self) -> str:
+        return self.search.sampler or ("nsga2" if len(self.goals) > 1 else "tpe")
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.asha is not None and self.asha.enabled
+
     def base_config(self) -> ExperimentConfig:
         path = Path(self.base)
         if not path.is_absolute():
@@ -109,22 +150,14 @@ class SweepSpec(_Strict):
         cfg = parse_config(apply_overrides(read_yaml(path, "base config"), sets), f"{path} (with the sweep's set:)")
         # ASHA compares trials on the validation metric, so every report must carry it: validate
         # at every checkpoint report and only there.
-        training = cfg.training.model_copy(update={"checkpoint_every": cfg.training.val_every})
+        steps = list(cfg.training.val_steps)
+        for goal in self.goals:  # the step counts the objectives name are validated on every trial
+            label = goal.step_label()
+            if label is not None and label not in {steps_label(n) for n in steps}:
+                steps += parse_steps(label.removeprefix("n"))
+        training = cfg.training.model_copy(update={"checkpoint_every": cfg.training.val_every, "val_steps": steps})
         tracking = cfg.tracking.model_copy(update={"experiment": self.experiment or cfg.tracking.experiment})
         return cfg.model_copy(update={"training": training, "tracking": tracking})
-
-    def metric_name(self, sampled: dict[str, Any]) -> str:
-        return objective_metric(self.objective.metric, sampled)
-
-
-def objective_metric(template: str, sampled: dict[str, Any]) -> str:
-    """The objective metric of one trial, its {eval_steps} filled in (val_bits_{eval_steps} -> val_bits_n10)."""
-    if "{" not in template:
-        return template
-    try:
-        return template.format(eval_steps=steps_label(sampled.get(EVAL_STEPS)))
-    except (KeyError, IndexError, ValueError):
-        raise PipelineError(f"objective.metric {template!r}: the only placeholder is {{eval_steps}}") from None
 
 
 def _join_space(space: dict, prefix: str = "") -> dict:
@@ -140,12 +173,7 @@ def _join_space(space: dict, prefix: str = "") -> dict:
 
 def trial_config(base: ExperimentConfig, sampled: dict[str, Any], source: str = "sweep") -> ExperimentConfig:
     """The experiment config of one trial: the base with the sampled values set."""
-    raw = base.model_dump(mode="json")
-    values = dict(sampled)
-    if EVAL_STEPS in values:  # not a config field: the objective's step count must be validated at
-        value, steps = values.pop(EVAL_STEPS), raw["training"]["val_steps"]
-        raw["training"]["val_steps"] = steps + [value] if value not in steps else steps
-    raw = apply_overrides(raw, values)
+    raw = apply_overrides(base.model_dump(mode="json"), dict(sampled))
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
@@ -158,10 +186,11 @@ def trial_metrics(cfg: ExperimentConfig) -> set[str]:
 
 
 def check_spec(spec: SweepSpec) -> ExperimentConfig:
-    """All checks that need no cluster: every bound of the space makes a valid config, the objective
-    is a metric the trainer reports, ASHA's grace period fits. Returns the base config."""
+    """All checks that need no cluster: every bound of the space makes a valid config, every trial is
+    judged by the same reported metrics, ASHA's grace period fits. Returns the base config."""
+    _check_one_measure(spec)
     base = spec.base_config()
-    known = set(base.flat()) | {EVAL_STEPS}
+    known = set(base.flat())
     for key, dim in spec.space.items():
         top = key.split(".")[0]
         if key not in known and top not in ("model", "flow"):  # model.* and flow.* may be unset in the base
@@ -171,20 +200,16 @@ def check_spec(spec: SweepSpec) -> ExperimentConfig:
         if key in wrong_flow and (base.data.kind == "discrete") == (key == "flow.sigma_1"):
             other = "flow.beta_1" if key == "flow.sigma_1" else "flow.sigma_1"
             raise PipelineError(f"sweep {spec.source}: space.{key} has no effect on {base.data.kind} data; search {other} instead")
-        if key == EVAL_STEPS and dim.choice is None:
-            raise PipelineError(f"sweep {spec.source}: space.eval_steps must be a choice of step counts (null = continuous time)")
         for value in dim.extremes():
             trial_config(base, {key: value}, f"{spec.source} space.{key}={value!r}")  # raises on an invalid value
-            if key == EVAL_STEPS and value is not None and (not isinstance(value, int) or value < 1):
-                raise PipelineError(f"sweep {spec.source}: space.eval_steps values must be integers >= 1 or null, got {value!r}")
     for sampled in _corners(spec):
         cfg = trial_config(base, sampled, spec.source)
-        metric = spec.metric_name(sampled)
-        if metric not in trial_metrics(cfg):
-            hint = "" if cfg.data.val else " (the base config has no data.val, so no validation metric is reported)"
-            raise PipelineError(f"sweep {spec.source}: objective.metric {metric!r} is never reported by the trainer{hint}; "
-                                f"reported: {', '.join(sorted(trial_metrics(cfg)))}")
-    if spec.asha.enabled:
+        for goal in spec.goals:
+            if goal.metric not in trial_metrics(cfg):
+                hint = "" if cfg.data.val else " (the base config has no data.val, so no validation metric is reported)"
+                raise PipelineError(f"sweep {spec.source}: objective metric {goal.metric!r} is never reported by the trainer{hint}; "
+                                    f"reported: {', '.join(sorted(trial_metrics(cfg)))}")
+    if spec.early_stopping:
         if spec.asha.grace_period > base.training.steps:
             raise PipelineError(f"sweep {spec.source}: asha.grace_period={spec.asha.grace_period} exceeds training.steps="
                                 f"{base.training.steps}; lower it or raise training.steps")
@@ -192,6 +217,20 @@ def check_spec(spec: SweepSpec) -> ExperimentConfig:
             raise PipelineError(f"sweep {spec.source}: asha.grace_period={spec.asha.grace_period} is shorter than training.val_every="
                                 f"{base.training.val_every}: no objective would be reported before the first decision")
     return base
+
+
+def _check_one_measure(spec: SweepSpec) -> None:
+    """Refuse specs whose trials would be judged by different metrics (see the module docstring)."""
+    fix = ("judge every trial by one metric (objective.metric: val_bits_n25), list the other step counts in "
+           "set: training.val_steps to see them as curves, or give objectives: [...] for a Pareto front")
+    if "eval_steps" in spec.space:
+        raise PipelineError(f"sweep {spec.source}: space.eval_steps {MIXED}; {fix}")
+    for goal in spec.goals:
+        if "{" in goal.metric:
+            raise PipelineError(f"sweep {spec.source}: objective metric {goal.metric!r} has a placeholder, so it {MIXED}; {fix}")
+        if goal.metric == "loss" and LOSS_STEPS in spec.space:
+            raise PipelineError(f"sweep {spec.source}: objective metric 'loss' is L^n for each trial's own n, so searching "
+                                f"loss.n_steps {MIXED}; judge trials by a validation bound (objective.metric: val_bits_inf)")
 
 
 def _corners(spec: SweepSpec):
@@ -228,13 +267,16 @@ def tune_space(spec: SweepSpec) -> dict[str, Any]:
 
 def flat_spec(spec: SweepSpec) -> dict[str, str]:
     """The spec as MLflow params of the sweep's parent run."""
-    out = {"sweep.name": spec.name, "sweep.base": spec.base, "objective.metric": spec.objective.metric,
-           "objective.mode": spec.objective.mode}
+    out = {"sweep.name": spec.name, "sweep.base": spec.base,
+           "objective.metric": ",".join(g.metric for g in spec.goals), "objective.mode": ",".join(g.mode for g in spec.goals),
+           "search.sampler": spec.sampler}
     out.update({f"set.{k}": str(v) for k, v in spec.set.items()})
     for key, dim in spec.space.items():
         out[f"space.{key}"] = str(dim.model_dump(exclude_none=True))
     for section in ("budget", "asha", "search"):
-        out.update({f"{section}.{k}": str(v) for k, v in getattr(spec, section).model_dump().items()})
+        values = getattr(spec, section)
+        out.update({f"{section}.{k}": str(v) for k, v in (values.model_dump() if values else {"enabled": False}).items()
+                    if f"{section}.{k}" not in out})
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from pipelines.names import ENV_MLFLOW_TRACKING_URI, STEP, TAG_RAY_RUN_NAME, TAG_SWEEP, TAG_SWEEP_STATUS, TAG_SWEEP_TRIAL
 
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own nesting tag
-OBJECTIVE = "objective"  # the trial's objective under one name, for ASHA and Optuna
+OBJECTIVE = "objective"  # the trial's (first) objective under one name, for ASHA, Optuna and the table
 
 
 def _objective_callback(metric: str):
@@ -42,7 +42,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
     from pipelines.prepare import Prepared
     from pipelines.train import make_trainer, start_run
-    from sweeps.spec import objective_metric, trial_config
+    from sweeps.spec import trial_config
 
     fixed, sampled = sweep, dict(config)
     os.environ[ENV_MLFLOW_TRACKING_URI] = fixed["tracking_uri"]
@@ -61,20 +61,24 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     elif existing.data.tags.get(TAG_SWEEP_STATUS) in ("completed", "stopped_early"):
         # The driver died after this trial ended but before Tune saved that: report its result again
         # instead of training it again.
-        _replay(client, existing, objective_metric(fixed["objective"], sampled))
+        _replay(client, existing, fixed["goals"])
         return
     else:  # restarted by a resumed sweep: continue the same run from its checkpoint
         run_id, ray_name = existing.info.run_id, existing.data.tags[TAG_RAY_RUN_NAME]
         client.update_run(run_id, status="RUNNING")
     trainer = make_trainer(prep, run_id=run_id, tracking_uri=fixed["tracking_uri"], name=ray_name,
-                           callbacks=[_objective_callback(objective_metric(fixed["objective"], sampled))])
+                           callbacks=[_objective_callback(fixed["goals"][0])])
     trainer.fit()
 
 
-def _replay(client, run, metric: str) -> None:
+def _replay(client, run, metrics: list[str]) -> None:
     from ray import tune
 
-    history = client.get_metric_history(run.info.run_id, metric)
-    if history:
-        last = max(history, key=lambda m: m.step)
-        tune.report({STEP: last.step, metric: last.value, OBJECTIVE: last.value})
+    last = {}
+    for metric in metrics:
+        history = client.get_metric_history(run.info.run_id, metric)
+        if history:
+            last[metric] = max(history, key=lambda m: m.step)
+    if len(last) == len(metrics):
+        first = last[metrics[0]]
+        tune.report({STEP: first.step, **{k: m.value for k, m in last.items()}, OBJECTIVE: first.value})

@@ -1,6 +1,8 @@
 """`bfn sweep` on a real two-node Ray cluster with a real MLflow server: a sweep whose driver is
-killed after some trials finished, then resumed; ASHA, MLflow parent/child runs, the Optuna study,
-the results and the best config; and the checks that refuse a bad sweep before any trial starts."""
+killed after some trials finished, then resumed; ASHA, MLflow parent/child runs, the Optuna study
+(early-stopped trials PRUNED, intermediate values keyed by training step), the results and the best
+config; a multi-objective sweep and its Pareto front; and the checks that refuse a bad sweep (one
+that mixes metrics among them) before any trial starts."""
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "configs" / "sweeps" / "digits_sigma.yaml"
+PARETO = REPO / "configs" / "sweeps" / "digits_pareto.yaml"
 TRIALS = 6
 
 
@@ -23,7 +26,7 @@ def _sets(shards: Path, optuna_db: Path, **extra) -> list[str]:
         "set.data.train": shards / "train" / "manifest.json", "set.data.val": shards / "val" / "manifest.json",
         "set.data.test": shards / "test" / "manifest.json", "set.training.steps": 40, "set.training.val_every": 10,
         "set.training.val_batches": 1, "set.training.num_samples": 4, "set.training.sample_steps": 5,
-        "set.model.width": 16, "asha.grace_period": 10, "asha.reduction_factor": 4, "budget.trials": TRIALS,
+        "set.model.width": 16, "set.training.val_steps": "[null, 25]", "asha.grace_period": 10, "asha.reduction_factor": 4, "budget.trials": TRIALS,
         "budget.concurrent": 2, "search.storage": f"sqlite:///{optuna_db}", "experiment": "sweep-it",
     }
     sets.update(extra)
@@ -114,7 +117,7 @@ def test_asha_parent_child_runs_and_results(resumed_sweep):
     client, parent_id = resumed_sweep["client"], resumed_sweep["parent"]
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["objective.metric"] == "val_bits_{eval_steps}" and parent.data.params["budget.trials"] == str(TRIALS)
+    assert parent.data.params["objective.metric"] == "val_bits_n25" and parent.data.params["budget.trials"] == str(TRIALS)
     children = _children(client, parent_id)
     statuses = {r.data.tags["bfn.sweep.status"] for r in children}
     assert "stopped_early" in statuses, statuses  # ASHA stopped at least one trial
@@ -143,8 +146,14 @@ def test_optuna_study_holds_the_trials(resumed_sweep):
 
     study = optuna.load_study(study_name=resumed_sweep["outcome"]["name"], storage=f"sqlite:///{resumed_sweep['optuna_db']}")
     assert len(study.trials) >= TRIALS
-    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(values) >= 2 and all(v > 0 for v in values)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(complete) >= 2 and all(t.value > 0 for t in complete)
+    assert pruned, [t.state for t in study.trials]  # ASHA's early stops are PRUNED, not COMPLETE
+    for t in complete + pruned:  # intermediate values keyed by training step (validation every 10 steps)
+        steps = sorted(t.intermediate_values)
+        assert steps and all(s % 10 == 0 and 0 < s <= 40 for s in steps), steps
+        assert (steps[-1] == 40) == (t in complete), (t.state, steps)
 
 
 def test_best_config_trains(resumed_sweep, tracked, tmp_path):
@@ -169,7 +178,8 @@ def test_bad_sweeps_fail_before_any_trial(ray_two_nodes, mlflow_url, digits_shar
     base = [sys.executable, "-m", "bfn_platform.cli", "sweep", str(SPEC), *_sets(digits_shards, tmp_path / "o.db")]
     cases = [
         (["--set", "space.flow.sigma_1={loguniform: [0.001, 2.0]}"], "flow.sigma_1"),
-        (["--set", "objective.metric=val_bits_n7"], "never reported"),
+        (["--set", "objective.metric=val_bits_foo"], "never reported"),
+        (["--set", "space.eval_steps={choice: [null, 25]}"], "different step counts"),
         (["--set", "budget.concurrent=3", "--set", "set.scaling.num_workers=2"], "budget.concurrent"),
     ]
     for extra, needle in cases:
@@ -178,3 +188,30 @@ def test_bad_sweeps_fail_before_any_trial(ray_two_nodes, mlflow_url, digits_shar
         last = res.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and needle in last and "Traceback" not in res.stderr, last
     assert not (tmp_path / ".bfn" / "ray_results").exists()  # no trial started
+
+
+def test_multi_objective_sweep_reports_its_pareto_front(ray_two_nodes, mlflow_url, digits_shards, tmp_path):
+    import mlflow
+    import optuna
+    import pandas as pd
+
+    env = _env(ray_two_nodes, mlflow_url, tmp_path / ".bfn")
+    sets = _sets(digits_shards, tmp_path / "pareto.db", **{"set.training.steps": 20, "set.training.val_steps": "[null]",
+                                                          "budget.trials": 4})
+    sets = [a for pair in zip(sets[::2], sets[1::2]) if not pair[1].startswith("asha.") for a in pair]  # no ASHA here
+    res = subprocess.run([sys.executable, "-m", "bfn_platform.cli", "sweep", str(PARETO), *sets, "--json"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    outcome = json.loads(res.stdout.strip().splitlines()[-1])
+    client = mlflow.MlflowClient(mlflow_url)
+    parent = client.get_run(outcome["parent_run_id"])
+    assert parent.data.params["objective.metric"] == "val_bits_n10,val_bits_inf" and parent.data.params["search.sampler"] == "nsga2"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert {"results/pareto_front.png", "results/pareto_front.csv", "results/results.csv"} <= artifacts
+    table = pd.read_csv(tmp_path / ".bfn" / "sweeps" / outcome["name"] / "results.csv")
+    assert len(table) == 4 and set(table["status"]) == {"completed"} and table["val_bits_inf"].notna().all()
+    front = parent.data.tags["bfn.sweep.pareto_run_ids"].split(",")
+    assert front and set(front) <= set(table["run_id"])
+    study = optuna.load_study(study_name=outcome["name"], storage=f"sqlite:///{tmp_path / 'pareto.db'}")
+    assert len(study.directions) == 2 and len(study.best_trials) == len(front)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)

@@ -11,7 +11,7 @@ import json
 
 from bfn_platform.commands.common import add_json, group, subcommand
 from bfn_platform.errors import BfnError
-from pipelines.names import TAG_MODEL_ID, TAG_REGISTERED_RUN, test_metric, test_se_metric
+from pipelines.names import TAG_MODEL_ID, TAG_RECOMMENDED, TAG_REGISTERED_RUN, test_metric, test_se_metric
 
 EPILOG = """examples:
   bfn models register 3f2c9a... --name digits
@@ -200,6 +200,12 @@ def run_show(args) -> int:
                       "-" if bits is None else f"{bits:.4f}", "-" if se is None else f"{se:.4f}",
                       (v["test_sha256"] or "-")[:12], v["tags"].get("bfn.promoted_by", "-"))
     console.print(table)
+    for v in info["versions"]:
+        rec = {k.removeprefix(TAG_RECOMMENDED + "."): val for k, val in v["tags"].items() if k.startswith(TAG_RECOMMENDED + ".")}
+        if rec.get("sampler"):
+            console.print(f"v{v['version']} recommended sampler: {rec['sampler']} ({rec.get('grid', 'default')} grid) at "
+                          f"{rec.get('steps')} steps: {rec.get('quality', '')} (sampler sweep run {rec.get('sweep', '-')})",
+                          highlight=False)
     if info["history"]:
         hist = Table("#", "action", "alias", "version", "previous", "by", "at", "reason", title="promotion history")
         for i, h in enumerate(info["history"], 1):
