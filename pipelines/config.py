@@ -150,6 +150,8 @@ class TrackingConfig(_Strict):
     experiment: str = "bfn"
     run_name: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    system_metrics: Literal["auto", "on", "off"] = Field(
+        "auto", description="MLflow system metrics (CPU, memory, GPU) from rank 0's machine; auto: on for GPU runs")
 
 
 class StorageConfig(_Strict):

@@ -19,7 +19,7 @@ import torch
 from bfn_core import LikelihoodAccumulator, LikelihoodTable, accumulate_likelihood, steps_label
 from pipelines.errors import PipelineError
 from pipelines.seeds import derive_seed
-from pipelines.names import ENV_MLFLOW_TRACKING_URI, TAG_TEST_MANIFEST, TAG_TEST_SHA, test_metric, test_se_metric
+from pipelines.names import ENV_MLFLOW_TRACKING_URI, TAG_MODEL_ID, TAG_TEST_MANIFEST, TAG_TEST_SHA, test_metric, test_se_metric
 
 DEVICES = ("auto", "cpu", "cuda")
 ProgressFn = Callable[[int], None]  # told of k more test examples evaluated
@@ -176,13 +176,16 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
     table = acc.table(unit)
     outcome = EvalOutcome(table, loaded.run_id, manifest)
     if log and loaded.run_id:
-        outcome.artifacts = log_table(loaded.run_id, table, manifest, prep.digests["test"], precision)
+        outcome.artifacts = log_table(loaded.run_id, table, manifest, prep.digests["test"], precision, f"{info.dataset}-test")
     return outcome
 
 
-def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str, precision: str = "fp32") -> list[str]:
-    """Metrics test_bits_<n> and its standard errors (names.py), the same in nats, plus likelihood.json /
-    .parquet / .png artifacts (the JSON records the network's precision setting)."""
+def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str, precision: str = "fp32",
+              dataset: str | None = None) -> list[str]:
+    """Metrics test_bits_<n> and its standard errors (names.py), the same in nats, linked to the run's
+    LoggedModel and the test dataset (so the logged-model page shows them); the table as an MLflow
+    table (likelihood_table.json, one row per step count) and as likelihood.json / .parquet / .png
+    artifacts (the JSON records the network's precision setting)."""
     import mlflow
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -192,13 +195,16 @@ def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str, p
 
     client = mlflow.MlflowClient()
     now = int(__import__("time").time() * 1000)
+    link = {"model_id": client.get_run(run_id).data.tags.get(TAG_MODEL_ID)}
+    if dataset:
+        link.update(dataset_name=dataset, dataset_digest=digest[:36])  # as the run's dataset inputs (pipelines.lineage)
     metrics = []
     for r in table.rows:
         label = steps_label(r.steps)
         values = {test_metric(label): r.bits_per_dim, test_metric(label, "nats"): r.nats,
                   test_se_metric(label): r.bits_se_examples, test_se_metric(label, unit="nats"): r.nats_se_examples,
                   test_se_metric(label, "mc"): r.bits_se_mc, test_se_metric(label, "mc", "nats"): r.nats_se_mc}
-        metrics += [Metric(k, v, now, 0) for k, v in values.items() if v is not None]
+        metrics += [Metric(k, v, now, 0, **link) for k, v in values.items() if v is not None]
     client.log_batch(run_id, metrics=metrics)
     client.set_tag(run_id, TAG_TEST_SHA, digest)
     client.set_tag(run_id, TAG_TEST_MANIFEST, manifest)
@@ -207,8 +213,9 @@ def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str, p
         tmp = Path(tmp)
         (tmp / "likelihood.json").write_text(json.dumps(data, indent=2))
         rows = data["rows"]
+        client.log_table(run_id, data={k: [r[k] for r in rows] for k in rows[0]}, artifact_file="eval/likelihood_table.json")
         pq.write_table(pa.table({k: [r[k] for r in rows] for k in rows[0]}), tmp / "likelihood.parquet")
         save_likelihood_plot(data, tmp / "likelihood.png", title=f"test bound versus steps ({table.num_examples} examples)")
         for name in ("likelihood.json", "likelihood.parquet", "likelihood.png"):
             client.log_artifact(run_id, str(tmp / name), "eval")
-    return ["eval/likelihood.json", "eval/likelihood.parquet", "eval/likelihood.png"]
+    return ["eval/likelihood.json", "eval/likelihood.parquet", "eval/likelihood.png", "eval/likelihood_table.json"]

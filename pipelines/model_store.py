@@ -96,6 +96,32 @@ def resolve_model_uri(ref: str) -> tuple[str, str | None]:
     return f"models:/{model_id}", run_id
 
 
+def register_version(name: str, run_id: str, model_id: str, tags: dict[str, str] | None = None):
+    """A new version of registered model `name` from a run's LoggedModel, linked both ways: the version
+    names its run and LoggedModel, and the LoggedModel lists the version (the `mlflow.modelVersions`
+    tag that `mlflow.register_model` writes and the UI's logged-model page reads; register_model itself
+    leaves the version's run empty when given a models:/ URI)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name, description="BFN models registered with `bfn models register`")
+        except MlflowException as err:
+            if "already exists" not in str(err).lower():
+                raise PipelineError(f"cannot create registered model {name}: {err.message.splitlines()[0]}") from None
+    mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                     tags={k: v for k, v in (tags or {}).items() if v})
+    listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    listed.append({"name": mv.name, "version": str(mv.version)})
+    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+    return mv
+
+
 def registered_version(ref: str) -> tuple[str, str] | None:
     """(name, version) of a models:/NAME@ALIAS or models:/NAME/VERSION reference, else None."""
     if not ref.startswith("models:/"):

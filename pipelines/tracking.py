@@ -6,7 +6,8 @@ With no MLFLOW_TRACKING_URI the embedded SQLite store ./.bfn/mlflow.db is used, 
 from __future__ import annotations
 
 import os
-import subprocess
+import warnings
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -78,15 +79,22 @@ def ensure_experiment(name: str) -> str:
         return exp.experiment_id
 
 
-def git_commit() -> str | None:
-    """The repository's commit, with '-dirty' when the work tree has changes; None outside git."""
+@contextmanager
+def system_metrics(run_id: str | None, setting: str, on_gpu: bool, interval_s: float = 10.0):
+    """MLflow's system metrics monitor on the run while the block runs (setting auto: on for GPU runs).
+    Without psutil it says so once and the run goes on: metrics are a convenience, not the job."""
+    if run_id is None or setting == "off" or (setting == "auto" and not on_gpu):
+        yield
+        return
     try:
-        root = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as err:
+        warnings.warn(f"tracking.system_metrics is {setting} but {err.name} is missing: pip install psutil", stacklevel=2)
+        yield
+        return
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, samples_before_logging=1)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

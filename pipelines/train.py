@@ -40,23 +40,24 @@ def start_run(prep: Prepared, extra_tags: dict | None = None) -> tuple[str, str]
     import mlflow
     import yaml
 
-    from pipelines.tracking import ensure_experiment, git_commit
+    from pipelines.lineage import context_tags, dataset_inputs
+    from pipelines.tracking import ensure_experiment
 
     cfg = prep.cfg
     client = mlflow.MlflowClient()
     exp_id = ensure_experiment(cfg.tracking.experiment)
-    tags = {**cfg.tracking.tags, TAG_DATA_SHAPE: ",".join(map(str, prep.data_shape)), TAG_STORAGE: prep.storage_path,
-            TAG_KIND: cfg.data.kind, **(extra_tags or {})}
+    tags = {**context_tags(), **cfg.tracking.tags, TAG_DATA_SHAPE: ",".join(map(str, prep.data_shape)),
+            TAG_STORAGE: prep.storage_path, TAG_KIND: cfg.data.kind, **(extra_tags or {})}
     for split, digest in prep.digests.items():
         tags[tag_data(split, "sha256")] = digest
         tags[tag_data(split, "manifest")] = prep.manifest_urls[split]
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     run = client.create_run(exp_id, run_name=cfg.tracking.run_name, tags=tags)
     run_id = run.info.run_id
     ray_name = f"bfn-{run_id}"
     client.set_tag(run_id, TAG_RAY_RUN_NAME, ray_name)
+    if "mlflow.runName" not in (extra_tags or {}):  # readable, and unique: the config's name and a short id
+        client.set_tag(run_id, "mlflow.runName", f"{cfg.tracking.run_name or cfg.tracking.experiment}-{run_id[:8]}")
+    client.log_inputs(run_id, datasets=dataset_inputs(prep.manifests, prep.digests, prep.manifest_urls))
     params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i: i + 100])

@@ -41,6 +41,7 @@ from pipelines.names import (
     val_metric,
 )
 from pipelines.seeds import derive_seed
+from pipelines.tracking import system_metrics
 
 METRICS_FILE = "metrics.json"  # in a checkpoint: rank 0's metrics not yet sent to MLflow when it was taken
 
@@ -221,9 +222,12 @@ def _log_samples(ema, cfg: ExperimentConfig, data_shape, step: int, run_id: str 
     if run_id is None:
         return
     from mlflow import MlflowClient
+    from PIL import Image
 
+    # an image keyed by step: the UI shows the grids over training with a step slider
     with tempfile.TemporaryDirectory() as tmp:
-        MlflowClient().log_artifact(run_id, str(sample_pictures(ema, cfg, data_shape, step, Path(tmp), accel)), "samples")
+        with Image.open(sample_pictures(ema, cfg, data_shape, step, Path(tmp), accel)) as picture:
+            MlflowClient().log_image(run_id, picture.convert("RGB"), key="samples", step=step)
 
 
 def build_training(cfg: ExperimentConfig, data_shape, accel: Acceleration):
@@ -299,34 +303,35 @@ def train_loop_per_worker(config: dict) -> None:
     batches = train_batches(cfg, rank, world, step, device, check=bfn.flow.check_data)
     saved_config = model_meta(cfg.model_dump(mode="json"), data_shape, cfg.bfn_kwargs())
     tick, tick_step, rate = time.perf_counter(), step, float("nan")
-    while step < t.steps:
-        micro = [next(batches) for _ in range(cfg.accumulation_steps)]
-        loss, grad_norm = optimisation_step(model, bfn, ema, opt, micro, cfg, step, dims, accel, data_checked=True)
-        step += 1
-        validated = bool(cfg.data.val) and (step % t.val_every == 0 or step == t.steps)
-        checkpointed = validated or step % t.checkpoint_every == 0 or step == t.steps
-        if step % t.log_every and not checkpointed:
-            continue  # no .item() on other steps: the host queues the next step while the GPU runs this one
-        loss_value = loss.item()
-        if step % t.log_every == 0 or step == t.steps:
-            now = time.perf_counter()
-            rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
-            tick, tick_step = now, step
-            metrics.add(step, **{LOSS: loss_value, SAMPLES_PER_SECOND: rate}, loss_bits_per_dim=loss_value / math.log(2),
-                        grad_norm=grad_norm.item(), lr=opt.param_groups[0]["lr"])
-        report = {STEP: step, LOSS: loss_value, SAMPLES_PER_SECOND: rate, CHECKPOINT_SCORE: math.inf}
-        if validated:
-            val = validate(ema, cfg, rank, world, device, accel)
-            report.update(val)
-            metrics.add(step, **{k: v for k, v in val.items() if k != CHECKPOINT_SCORE})
-            if rank == 0:
-                _log_samples(ema, cfg, data_shape, step, metrics.run_id, accel)
-        # Every validated step is checkpointed too: Ray keeps the best-scoring checkpoint beside the latest.
-        if checkpointed:
-            with tempfile.TemporaryDirectory() as tmp:
+    with system_metrics(metrics.run_id, cfg.tracking.system_metrics, device.type == "cuda"):
+        while step < t.steps:
+            micro = [next(batches) for _ in range(cfg.accumulation_steps)]
+            loss, grad_norm = optimisation_step(model, bfn, ema, opt, micro, cfg, step, dims, accel, data_checked=True)
+            step += 1
+            validated = bool(cfg.data.val) and (step % t.val_every == 0 or step == t.steps)
+            checkpointed = validated or step % t.checkpoint_every == 0 or step == t.steps
+            if step % t.log_every and not checkpointed:
+                continue  # no .item() on other steps: the host queues the next step while the GPU runs this one
+            loss_value = loss.item()
+            if step % t.log_every == 0 or step == t.steps:
+                now = time.perf_counter()
+                rate = (step - tick_step) * t.batch_size / max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                metrics.add(step, **{LOSS: loss_value, SAMPLES_PER_SECOND: rate}, loss_bits_per_dim=loss_value / math.log(2),
+                            grad_norm=grad_norm.item(), lr=opt.param_groups[0]["lr"])
+            report = {STEP: step, LOSS: loss_value, SAMPLES_PER_SECOND: rate, CHECKPOINT_SCORE: math.inf}
+            if validated:
+                val = validate(ema, cfg, rank, world, device, accel)
+                report.update(val)
+                metrics.add(step, **{k: v for k, v in val.items() if k != CHECKPOINT_SCORE})
                 if rank == 0:
-                    save_checkpoint(tmp, model=bfn, ema=ema, optimizer=opt, step=step, config=saved_config)
-                    metrics.save(tmp)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
-            metrics.checkpoint_reported(step)
-    metrics.flush()
+                    _log_samples(ema, cfg, data_shape, step, metrics.run_id, accel)
+            # Every validated step is checkpointed too: Ray keeps the best-scoring checkpoint beside the latest.
+            if checkpointed:
+                with tempfile.TemporaryDirectory() as tmp:
+                    if rank == 0:
+                        save_checkpoint(tmp, model=bfn, ema=ema, optimizer=opt, step=step, config=saved_config)
+                        metrics.save(tmp)
+                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+                metrics.checkpoint_reported(step)
+        metrics.flush()

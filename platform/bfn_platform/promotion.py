@@ -21,7 +21,6 @@ moves the aliases, and re-reads them to verify.
 """
 from __future__ import annotations
 
-import getpass
 import json
 import math
 import os
@@ -32,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bfn_platform.errors import BfnError
-from pipelines.names import ENV_BFN_USER, LEGACY_SE, TAG_TEST_SHA, test_metric, test_se_metric
+from pipelines.lineage import who
+from pipelines.names import LEGACY_SE, TAG_TEST_SHA, test_metric, test_se_metric
 
 DEFAULT_ALIAS = "champion"
 LOCK_PREFIX = "bfn-lock."
@@ -44,17 +44,6 @@ HISTORY_PREFIX = "bfn.history."  # registered-model tags bfn.history.0001, ...: 
 
 def previous_alias(alias: str) -> str:
     return f"previous-{alias}"
-
-
-def who() -> str:
-    """The person promoting: BFN_USER (set it in shared service accounts), else the login name."""
-    user = os.environ.get(ENV_BFN_USER)
-    if user:
-        return user
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name (some containers)
-        return "unknown"
 
 
 def now_iso() -> str:

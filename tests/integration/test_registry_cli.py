@@ -98,6 +98,12 @@ def test_register_promote_guard_force_rollback(registry):
     name = "guarded"
     v = {bits: json.loads(ok(cli("models", "register", runs[bits], "--name", name, "--json", env=env)).stdout)["version"]
          for bits in (2.0, 1.5, 1.49)}
+    # each version names its run and LoggedModel, the LoggedModel lists its version, no empty tags
+    for bits, version in v.items():
+        mv = client.get_model_version(name, version)
+        assert mv.run_id == runs[bits] and mv.source.startswith("models:/m-") and all(value for value in mv.tags.values()), mv
+        model_id = mv.source.removeprefix("models:/")
+        assert {"name": name, "version": version} in json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])
     ok(cli("models", "promote", name, v[2.0], env=env))  # no champion yet: evaluated is enough
     ok(cli("models", "promote", name, v[1.5], env=env))  # 1.5 + 0.014 < 2.0
     # 1.49 is better than 1.5, but not by more than the combined standard error: refused, both figures shown

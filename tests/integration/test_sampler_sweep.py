@@ -26,6 +26,7 @@ def registered(ray_two_nodes, mlflow_url, digits_shards, tmp_path_factory):
     import mlflow
 
     from pipelines.config import load_config
+    from pipelines.model_store import register_version
     from pipelines.names import TAG_MODEL_ID
     from pipelines.train import train
 
@@ -41,8 +42,10 @@ def registered(ray_two_nodes, mlflow_url, digits_shards, tmp_path_factory):
                                 {k: str(v) if isinstance(v, Path) else v for k, v in sets.items()}))
     client = mlflow.MlflowClient()
     model_id = client.get_run(outcome.run_id).data.tags[TAG_MODEL_ID]
-    client.create_registered_model("sampler-sweep-digits")
-    client.create_model_version("sampler-sweep-digits", source=f"models:/{model_id}", run_id=outcome.run_id, model_id=model_id)
+    register_version("sampler-sweep-digits", outcome.run_id, model_id)
+    # the LoggedModel lists its version, as the UI's logged-model page reads it
+    assert json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"]) == [
+        {"name": "sampler-sweep-digits", "version": "1"}]
     env = dict(os.environ, RAY_ADDRESS=ray_two_nodes.address, MLFLOW_TRACKING_URI=mlflow_url, BFN_HOME=str(tmp / ".bfn"))
     return {"client": client, "run_id": outcome.run_id, "env": env}
 

@@ -61,12 +61,24 @@ def test_two_worker_run_is_fully_tracked(trained_run, mlflow_url):
     params = run.data.params
     assert params["model.network"] == "unet" and params["model.width"] == "16" and params["scaling.num_workers"] == "2"
     assert run.data.tags["bfn.data.train.sha256"] and run.data.tags["bfn.kind"] == "discretised"
+    # what the MLflow UI shows as Created by, Source, the run name and Datasets used
+    tags = run.data.tags
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    assert tags["mlflow.runName"] == f"integration-{run.info.run_id[:8]}"
+    if tags.get("mlflow.source.git.commit"):
+        assert "@" not in tags.get("mlflow.source.git.repoURL", "")
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}
+    for split, dataset in inputs.items():
+        assert dataset.name == f"digits-{split}" and run.data.tags[f"bfn.data.{split}.sha256"].startswith(dataset.digest)
+        assert json.loads(dataset.source)["uri"].endswith(f"{split}/manifest.json")
     for key in ("loss", "grad_norm", "lr", "samples_per_second", "val_bits_inf"):
         assert key in run.data.metrics, key
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert steps == [5, 10, 15, 20, 25, 30]
-    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
-    assert any(p.endswith(".png") for p in pictures), pictures
+    # sample grids as images keyed by step (the UI's image slider), one per validation
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in pictures) == [15, 30], pictures
     loaded = load_model(trained_run.run_id)
     assert loaded.data_shape == (8, 8, 1)
     pyfunc = mlflow.pyfunc.load_model(trained_run.model_uri)

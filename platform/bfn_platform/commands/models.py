@@ -11,7 +11,7 @@ import json
 
 from bfn_platform.commands.common import add_json, group, subcommand
 from bfn_platform.errors import BfnError
-from pipelines.names import TAG_MODEL_ID, TAG_RECOMMENDED, TAG_REGISTERED_RUN, test_metric, test_se_metric
+from pipelines.names import TAG_MODEL_ID, TAG_RECOMMENDED, TAG_REGISTERED_RUN, TAG_TEST_SHA, test_metric, test_se_metric
 
 EPILOG = """examples:
   bfn models register 3f2c9a... --name digits
@@ -92,6 +92,7 @@ def _client():
 def run_register(args) -> int:
     from mlflow.exceptions import MlflowException
 
+    from pipelines.model_store import register_version
     from bfn_platform.console import console
 
     client = _client()
@@ -103,17 +104,8 @@ def run_register(args) -> int:
     if not model_id:
         raise BfnError(f"run {args.run} has no logged model (status {run.info.status}): only finished training runs "
                        f"can be registered (resume it with `bfn train --resume {args.run}`)")
-    try:
-        client.get_registered_model(args.name)
-    except MlflowException:
-        try:
-            client.create_registered_model(args.name, description="BFN models registered with `bfn models register`")
-        except MlflowException as err:
-            if "already exists" not in str(err).lower():
-                raise BfnError(f"cannot create registered model {args.name}: {err.message.splitlines()[0]}") from None
-    mv = client.create_model_version(args.name, source=f"models:/{model_id}", run_id=args.run, model_id=model_id,
-                                     tags={TAG_REGISTERED_RUN: args.run,
-                                           "bfn.eval.test_sha256": run.data.tags.get("bfn.eval.test_sha256", "")})
+    mv = register_version(args.name, args.run, model_id,
+                          {TAG_REGISTERED_RUN: args.run, TAG_TEST_SHA: run.data.tags.get(TAG_TEST_SHA, "")})
     if args.json:
         print(json.dumps({"name": mv.name, "version": str(mv.version), "run_id": args.run, "model_id": model_id}))
     else:
