@@ -238,6 +238,25 @@ def evaluation_of(client, mv, label: str) -> Evaluation:
     return evaluation_from_run(str(mv.version), label, run.data.metrics, run.data.tags)
 
 
+def register_run(client, run_id: str, name: str):
+    """A new version of `name` (created if new) from a finished training run's model, linked to its
+    run, LoggedModel and test digest."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.model_store import register_version
+    from pipelines.names import TAG_MODEL_ID, TAG_REGISTERED_RUN
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise BfnError(f"unknown run {run_id}: no such run (find runs with `bfn runs list`)") from None
+    model_id = run.data.tags.get(TAG_MODEL_ID)
+    if not model_id:
+        raise BfnError(f"run {run_id} has no logged model (status {run.info.status}): only finished training runs "
+                       f"can be registered (resume it with `bfn train --resume {run_id}`)")
+    return register_version(name, run_id, model_id, {TAG_REGISTERED_RUN: run_id, TAG_TEST_SHA: run.data.tags.get(TAG_TEST_SHA, "")})
+
+
 def history(client, name: str) -> list[dict[str, Any]]:
     tags = client.get_registered_model(name).tags
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
@@ -246,6 +265,37 @@ def history(client, name: str) -> list[dict[str, Any]]:
 def _append_history(client, name: str, entry: dict[str, Any]) -> None:
     n = len(history(client, name)) + 1  # under the lock: no one else appends meanwhile
     client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{n:04d}", json.dumps(entry, sort_keys=True))
+
+
+UNGUARDED_BY = "unknown (outside bfn: the MLflow UI's alias editor or the API)"
+
+
+def record_unguarded(client, name: str, lock_timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Aliases that point elsewhere than bfn's last recorded move of them were moved without the guard
+    (MLflow's own alias editor does that): record each such move in the history as 'unguarded' and
+    on the version, once. Checked again under the lock, so a promotion in flight is not mistaken
+    for one. Returns the new entries."""
+    if not _moved_outside(client, name):
+        return []
+    entries = []
+    with RegistryLock(client, name, timeout=lock_timeout):
+        for alias, (version, previous) in _moved_outside(client, name).items():
+            entry = {"action": "unguarded", "alias": alias, "version": version, "previous": previous, "by": UNGUARDED_BY,
+                     "at": now_iso(), "reason": "alias moved without the likelihood guard", "forced": True,
+                     "guard": "not checked", "steps": ""}
+            client.set_model_version_tag(name, version, "bfn.promotion_guard", f"unguarded: @{alias} set outside bfn")
+            _append_history(client, name, entry)
+            entries.append(entry)
+    return entries
+
+
+def _moved_outside(client, name: str) -> dict[str, tuple[str, str | None]]:
+    """alias -> (version it points to, version bfn last put there) where the two differ."""
+    last = {}
+    for entry in history(client, name):
+        last[entry["alias"]] = entry["version"]
+    aliases = client.get_registered_model(name).aliases or {}
+    return {a: (str(v), last.get(a)) for a, v in aliases.items() if not a.startswith("previous-") and last.get(a) != str(v)}
 
 
 @dataclass

@@ -133,6 +133,14 @@ def test_register_promote_guard_force_rollback(registry):
     v_other = json.loads(ok(cli("models", "register", other, "--name", name, "--json", env=env)).stdout)["version"]
     one_line_error(cli("models", "promote", name, v_other, env=env), "test set", "dddddddddddd", "cccccccccccc")
 
+    # an alias moved outside bfn (as MLflow's own alias editor does) is recorded as unguarded, once
+    client.set_registered_model_alias(name, "champion", v_other)
+    shown = ok(cli("models", "show", name, env=env))
+    assert "outside bfn" in shown.stdout and f"v{v_other}" in shown.stdout
+    info = json.loads(ok(cli("models", "show", name, "--json", env=env)).stdout)
+    assert info["history"][-1]["action"] == "unguarded" and info["history"][-1]["version"] == v_other
+    assert [h["action"] for h in info["history"]].count("unguarded") == 1 and not info["unguarded"]
+
 
 def test_two_promotions_at_once_leave_one_consistent_champion(registry):
     _, runs, env = registry

@@ -11,7 +11,7 @@ import json
 
 from bfn_platform.commands.common import add_json, group, subcommand
 from bfn_platform.errors import BfnError
-from pipelines.names import TAG_MODEL_ID, TAG_RECOMMENDED, TAG_REGISTERED_RUN, TAG_TEST_SHA, test_metric, test_se_metric
+from pipelines.names import TAG_RECOMMENDED, test_metric, test_se_metric
 
 EPILOG = """examples:
   bfn models register 3f2c9a... --name digits
@@ -90,22 +90,11 @@ def _client():
 
 
 def run_register(args) -> int:
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.model_store import register_version
     from bfn_platform.console import console
+    from bfn_platform.promotion import register_run
 
-    client = _client()
-    try:
-        run = client.get_run(args.run)
-    except MlflowException:
-        raise BfnError(f"unknown run {args.run}: no such run (find runs with `bfn runs list`)") from None
-    model_id = run.data.tags.get(TAG_MODEL_ID)
-    if not model_id:
-        raise BfnError(f"run {args.run} has no logged model (status {run.info.status}): only finished training runs "
-                       f"can be registered (resume it with `bfn train --resume {args.run}`)")
-    mv = register_version(args.name, args.run, model_id,
-                          {TAG_REGISTERED_RUN: args.run, TAG_TEST_SHA: run.data.tags.get(TAG_TEST_SHA, "")})
+    mv = register_run(_client(), args.run, args.name)
+    model_id = mv.source.removeprefix("models:/")
     if args.json:
         print(json.dumps({"name": mv.name, "version": str(mv.version), "run_id": args.run, "model_id": model_id}))
     else:
@@ -154,12 +143,13 @@ def describe(client, name: str, label: str) -> dict:
     """Everything `show` prints, as plain data."""
     from mlflow.exceptions import MlflowException
 
-    from bfn_platform.promotion import evaluation_of, history
+    from bfn_platform.promotion import evaluation_of, history, record_unguarded
 
     try:
         model = client.get_registered_model(name)
     except MlflowException:
         raise BfnError(f"unknown model {name}: no such registered model (list them with `bfn models list`)") from None
+    unguarded = record_unguarded(client, name)
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
@@ -171,7 +161,7 @@ def describe(client, name: str, label: str) -> dict:
                          test_metric(label): ev.bits, test_se_metric(label): ev.se, "test_sha256": ev.test_sha,
                          "tags": dict(mv.tags)})
     return {"name": name, "aliases": {a: str(v) for a, v in (model.aliases or {}).items()}, "steps": label,
-            "versions": versions, "history": history(client, name)}
+            "versions": versions, "history": history(client, name), "unguarded": unguarded}
 
 
 def run_show(args) -> int:
@@ -192,6 +182,9 @@ def run_show(args) -> int:
                       "-" if bits is None else f"{bits:.4f}", "-" if se is None else f"{se:.4f}",
                       (v["test_sha256"] or "-")[:12], v["tags"].get("bfn.promoted_by", "-"))
     console.print(table)
+    for entry in info["unguarded"]:
+        console.print(f"[yellow]warning[/]: @{entry['alias']} was moved to v{entry['version']} outside bfn (no likelihood "
+                      "guard); recorded as unguarded in the history", highlight=False)
     for v in info["versions"]:
         rec = {k.removeprefix(TAG_RECOMMENDED + "."): val for k, val in v["tags"].items() if k.startswith(TAG_RECOMMENDED + ".")}
         if rec.get("sampler"):

@@ -15,6 +15,9 @@ from bfn_platform.commands.common import command
 from bfn_platform.errors import BfnError
 from pipelines.names import ENV_MLFLOW_TRACKING_URI
 
+GUARD_NOTE = ("note: the UI's alias editor moves @champion without the likelihood guard; promote with `bfn models "
+              "promote` (a move made in the UI shows as unguarded in `bfn models show`)")
+
 EPILOG = """examples:
   bfn ui                       # http://127.0.0.1:5000 on ./.bfn/mlflow.db; Ctrl-C stops it
   bfn ui --port 5050
@@ -45,6 +48,7 @@ def run(args) -> int:
     if uri.startswith(("http://", "https://")):
         check_tracking_server(uri)
         console.print(f"MLFLOW_TRACKING_URI is a server, which serves the UI itself: {uri}", highlight=False)
+        console.print(GUARD_NOTE, highlight=False)
         return 0
     if port_in_use("127.0.0.1", args.port):
         raise BfnError(f"port {args.port} on 127.0.0.1 is in use: pick another with `bfn ui --port N`")
@@ -52,6 +56,7 @@ def run(args) -> int:
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop(ENV_MLFLOW_TRACKING_URI, None)
     console.print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", highlight=False)
+    console.print(GUARD_NOTE, highlight=False)
     sys.stdout.flush()
     # SIGTERM becomes an exit that runs `finally`: whoever stops `bfn ui` stops the server (its own session) too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
