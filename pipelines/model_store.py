@@ -85,7 +85,9 @@ def resolve_model_uri(ref: str) -> tuple[str, str | None]:
         except MlflowException as err:
             raise PipelineError(f"unknown model {ref}: {err.message.splitlines()[0]} (list them with `bfn models list`)") from None
         return f"models:/{mv.name}/{mv.version}", mv.run_id
-    run_id = ref[len("runs:/"):].split("/")[0] if ref.startswith("runs:/") else ref
+    from pipelines.tracking import resolve_run_id
+
+    run_id = resolve_run_id(ref[len("runs:/"):].split("/")[0] if ref.startswith("runs:/") else ref)
     try:
         run = client.get_run(run_id)
     except MlflowException:

@@ -6,10 +6,11 @@ With no MLFLOW_TRACKING_URI the embedded SQLite store ./.bfn/mlflow.db is used, 
 from __future__ import annotations
 
 import os
-import warnings
-from contextlib import contextmanager
+import re
 import urllib.error
 import urllib.request
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.errors import PipelineError
@@ -98,3 +99,40 @@ def system_metrics(run_id: str | None, setting: str, on_gpu: bool, interval_s: f
         yield
     finally:
         monitor.finish()
+
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_PREFIX = re.compile(r"^[0-9a-f]{4,31}$")
+
+
+def resolve_run_id(ref: str) -> str:
+    """A full run id from a full id, a unique prefix of one (4 characters or more: what a narrow table
+    shows), or a run name (names are `<config>-<short id>`); a clear error when none or several match."""
+    import mlflow
+
+    ref = ref.strip()
+    if _RUN_ID.match(ref):
+        return ref
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    if not experiments:
+        raise PipelineError(f"unknown run {ref}: the tracking store {mlflow.get_tracking_uri()} has no runs")
+    if _PREFIX.match(ref):
+        matches, token = [], None
+        while True:  # MLflow's search has no prefix operator on run ids: page through the ids
+            page = client.search_runs(experiments, max_results=5000, page_token=token)
+            matches += [r.info.run_id for r in page if r.info.run_id.startswith(ref)]
+            token = page.token
+            if not token:
+                break
+    else:
+        escaped = ref.replace("'", "\\'")
+        matches = [r.info.run_id for r in client.search_runs(experiments, filter_string=f"attributes.run_name = '{escaped}'",
+                                                              max_results=10)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise PipelineError(f"unknown run {ref}: no run id starts with it and no run has that name "
+                            "(find runs with `bfn runs list`)")
+    raise PipelineError(f"run {ref} is ambiguous: {len(matches)} runs match ({', '.join(m[:12] + '…' for m in matches[:5])}); "
+                        "give more characters of the id")

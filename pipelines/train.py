@@ -156,6 +156,9 @@ def _resumed(client, run_id: str) -> tuple[ExperimentConfig, str]:
         raise PipelineError(f"unknown run {run_id}: nothing to resume (find runs with `bfn runs list`)") from None
     if TAG_RAY_RUN_NAME not in run.data.tags:
         raise PipelineError(f"run {run_id} is not a bfn training run: it has no {TAG_RAY_RUN_NAME} tag")
+    if run.info.status == "FINISHED":
+        raise PipelineError(f"run {run_id} finished: nothing to resume (to train longer, start a new run with a higher "
+                            "training.steps)")
     cfg = ExperimentConfig.model_validate(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")))
     return cfg, run.data.tags[TAG_RAY_RUN_NAME]
 
@@ -166,11 +169,12 @@ def train(cfg: ExperimentConfig | None, *, resume_run: str | None = None, ray_ad
     import mlflow
 
     from pipelines.ray_runtime import init_ray
-    from pipelines.tracking import setup_mlflow
+    from pipelines.tracking import resolve_run_id, setup_mlflow
 
     uri = setup_mlflow()
     client = mlflow.MlflowClient()
     if resume_run:
+        resume_run = resolve_run_id(resume_run)
         cfg, ray_name = _resumed(client, resume_run)
         prep, run_id = prepare(cfg), resume_run
         client.update_run(run_id, status="RUNNING")

@@ -245,7 +245,9 @@ def register_run(client, run_id: str, name: str):
 
     from pipelines.model_store import register_version
     from pipelines.names import TAG_MODEL_ID, TAG_REGISTERED_RUN
+    from pipelines.tracking import resolve_run_id
 
+    run_id = resolve_run_id(run_id)
     try:
         run = client.get_run(run_id)
     except MlflowException:

@@ -1,7 +1,7 @@
 """`bfn check CONFIG`: validate a config and size what it would run, without starting Ray."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import add_json, add_overrides, command, overrides
+from bfn_platform.commands.common import add_json, add_overrides, command, overrides, print_json
 
 EPILOG = """examples:
   bfn check configs/paper/cifar10_discretised_256.yaml --no-data
@@ -26,7 +26,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
 
     from bfn_platform.console import console
     from bfn_platform.errors import BfnError
@@ -36,7 +35,7 @@ def run(args) -> int:
     cfg = load_config(args.config, overrides(args))
     report = check(cfg, look_at_data=not args.no_data)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print_json(report.to_dict())
     else:
         per_pass = report.activation_bytes_per_example * report.micro_batch
         console.print(f"[bold]{args.config}[/]: valid ({cfg.data.kind} data, {cfg.model.network})", highlight=False)

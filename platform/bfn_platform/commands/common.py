@@ -59,12 +59,30 @@ def subcommand(subs, name: str, *, help: str, epilog: str | None = None, descrip
                            formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+JSON_STDOUT = None  # with --json: the real stdout, kept apart by cli.main (see json_stdout)
+
+
+def json_stdout():
+    """With --json, stdout carries exactly one JSON document: the process's stdout (file descriptor 1,
+    so Ray's, MLflow's and any child process's output too) goes to stderr from here on, and
+    print_json writes to a copy of the real stdout."""
+    import os
+    import sys
+
+    global JSON_STDOUT
+    sys.stdout.flush()
+    JSON_STDOUT = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+
+
 def print_json(value) -> None:
-    """The --json result as the last line of stdout. Ray is released first where the command connected
-    to it: its log thread prints worker output to stdout and could otherwise follow the JSON."""
+    """The --json result: one JSON document on stdout. Ray is released first where the command
+    connected to it, so its log thread has stopped."""
     import json
     import sys
 
     if "pipelines.ray_runtime" in sys.modules:
         sys.modules["pipelines.ray_runtime"].release_ray()
-    print(json.dumps(value), flush=True)
+    out = JSON_STDOUT or sys.stdout
+    out.write(json.dumps(value) + "\n")
+    out.flush()

@@ -1,9 +1,8 @@
 """`bfn jobs list|status|logs|stop`: the Ray jobs of a cluster (the Jobs API of its dashboard)."""
 from __future__ import annotations
 
-import json
 
-from bfn_platform.commands.common import add_jobs_address, add_json, group, subcommand
+from bfn_platform.commands.common import add_jobs_address, add_json, group, print_json, subcommand
 
 EPILOG = """examples:
   bfn jobs list --json
@@ -39,7 +38,7 @@ def run_list(args) -> int:
     jobs = [j for j in client(args.address).list_jobs() if getattr(j, "submission_id", None)]
     rows = sorted((info_dict(j) for j in jobs), key=lambda r: -(r["start_time"] or 0))
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
         return 0
     table = Table("job", "status", "entrypoint", "message")
     for r in rows:
@@ -54,7 +53,7 @@ def run_status(args) -> int:
 
     info = info_dict(job_info(client(args.address), args.job))
     if args.json:
-        print(json.dumps(info))
+        print_json(info)
     else:
         console.print(f"{info['job_id']}: {info['status']}  {info['entrypoint']}\n{info['message'] or ''}", highlight=False)
     return 0

@@ -7,9 +7,8 @@ previous champion (model-version tags, a `previous-champion` alias and the model
 """
 from __future__ import annotations
 
-import json
 
-from bfn_platform.commands.common import add_json, group, subcommand
+from bfn_platform.commands.common import add_json, group, print_json, subcommand
 from bfn_platform.errors import BfnError
 from pipelines.names import TAG_RECOMMENDED, test_metric, test_se_metric
 
@@ -96,9 +95,9 @@ def run_register(args) -> int:
     mv = register_run(_client(), args.run, args.name)
     model_id = mv.source.removeprefix("models:/")
     if args.json:
-        print(json.dumps({"name": mv.name, "version": str(mv.version), "run_id": args.run, "model_id": model_id}))
+        print_json({"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, "model_id": model_id})
     else:
-        console.print(f"registered [bold]{mv.name}[/] version {mv.version} from run {args.run}")
+        console.print(f"registered [bold]{mv.name}[/] version {mv.version} from run {mv.run_id}")
         console.print(f"next: bfn models promote {mv.name} {mv.version}")
     return 0
 
@@ -127,7 +126,7 @@ def run_list(args) -> int:
                      "aliases": {a: str(v) for a, v in (m.aliases or {}).items()},
                      "updated": m.last_updated_timestamp})
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
         return 0
     from rich.table import Table
 
@@ -172,7 +171,7 @@ def run_show(args) -> int:
     label = step_label(args.steps)
     info = describe(_client(), args.name, label)
     if args.json:
-        print(json.dumps(info))
+        print_json(info)
         return 0
     table = Table("version", "aliases", "run", test_metric(label), "± s.e. (examples)", "test sha256", "promoted by",
                   title=f"model {info['name']}")
@@ -210,8 +209,8 @@ def run_promote(args) -> int:
     result = promote(_client(), args.name, args.version, alias=args.alias, label=label, force=args.force,
                      reason=args.reason)
     if args.json:
-        print(json.dumps({"name": result.name, "version": result.version, "alias": result.alias,
-                          "previous": result.previous, "forced": result.forced, "guard": result.verdict.reason}))
+        print_json({"name": result.name, "version": result.version, "alias": result.alias,
+                    "previous": result.previous, "forced": result.forced, "guard": result.verdict.reason})
         return 0
     prev = f" (previous: v{result.previous}, now @previous-{result.alias})" if result.previous else ""
     console.print(f"{result.name} v{result.version} is now @{result.alias}{prev}", highlight=False)
@@ -225,7 +224,7 @@ def run_rollback(args) -> int:
 
     src, dst = rollback(_client(), args.name, alias=args.alias, reason=args.reason)
     if args.json:
-        print(json.dumps({"name": args.name, "alias": args.alias, "from": src, "to": dst}))
+        print_json({"name": args.name, "alias": args.alias, "from": src, "to": dst})
     else:
         console.print(f"{args.name} @{args.alias}: v{src} -> v{dst}", highlight=False)
     return 0

@@ -1,10 +1,9 @@
 """`bfn runs`: browse MLflow runs: list (with MLflow search filters), show one, compare several."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from bfn_platform.commands.common import add_json, group, subcommand
+from bfn_platform.commands.common import add_json, group, print_json, subcommand
 from pipelines.names import LOSS, test_metric, val_metric
 from bfn_platform.errors import BfnError
 
@@ -59,9 +58,13 @@ def _client():
     return mlflow.MlflowClient()
 
 
-def get_run(client, run_id: str):
+def get_run(client, ref: str):
+    """The run of a full id, a unique id prefix or a run name."""
     from mlflow.exceptions import MlflowException
 
+    from pipelines.tracking import resolve_run_id
+
+    run_id = resolve_run_id(ref)
     try:
         return client.get_run(run_id)
     except MlflowException:
@@ -109,14 +112,15 @@ def run_list(args) -> int:
                            "(syntax: metrics.test_bits_inf < 3, params.model.width = '16')") from None
     rows = [summary(r, exps.get(r.info.experiment_id, r.info.experiment_id)) for r in runs]
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
         return 0
     from rich.table import Table
 
-    table = Table("run", "experiment", "name", "status", "started", *LIST_METRICS)
+    table = Table("experiment", "name", "status", "started", *LIST_METRICS)
+    table.add_column("run", no_wrap=True, min_width=32)  # whole: what the other commands take
     for r in rows:
-        table.add_row(r["run_id"], r["experiment"], r["name"] or "", r["status"], _time(r["start_time"]),
-                      *(_num(r["metrics"].get(m)) for m in LIST_METRICS))
+        table.add_row(r["experiment"], r["name"] or "", r["status"], _time(r["start_time"]),
+                      *(_num(r["metrics"].get(m)) for m in LIST_METRICS), r["run_id"])
     console.print(table if rows else "no runs match")
     return 0
 
@@ -160,10 +164,10 @@ def run_show(args) -> int:
     run = get_run(client, args.run)
     exp = client.get_experiment(run.info.experiment_id)
     info = summary(run, exp.name if exp else run.info.experiment_id)
-    info["artifacts"] = _artifacts(client, args.run)
-    info["likelihood"] = likelihood_table(args.run) if "eval/likelihood.json" in info["artifacts"] else None
+    info["artifacts"] = _artifacts(client, run.info.run_id)
+    info["likelihood"] = likelihood_table(run.info.run_id) if "eval/likelihood.json" in info["artifacts"] else None
     if args.json:
-        print(json.dumps(info))
+        print_json(info)
         return 0
     console.print(f"[bold]run {info['run_id']}[/] ({info['name']}) in {info['experiment']}: {info['status']}, "
                   f"started {_time(info['start_time'])}", highlight=False)
@@ -185,7 +189,7 @@ def run_show(args) -> int:
                       _num(r.get("bits_se_examples", r.get("bits_per_dim_se"))), _num(r.get("bits_se_mc")), _num(r.get("nats")))
         console.print(t)
     else:
-        console.print(f"no likelihood table yet: bfn eval {args.run}")
+        console.print(f"no likelihood table yet: bfn eval {run.info.run_id}")
     return 0
 
 
@@ -207,9 +211,9 @@ def run_compare(args) -> int:
     differing = [k for k in all_params if len({r.data.params.get(k) for r in runs}) > 1]
     all_metrics = sorted({k for r in runs for k in r.data.metrics})
     if args.json:
-        print(json.dumps({"runs": [r.info.run_id for r in runs], "picture": str(out),
-                          "params": {k: [r.data.params.get(k) for r in runs] for k in differing},
-                          "metrics": {k: [r.data.metrics.get(k) for r in runs] for k in all_metrics}}))
+        print_json({"runs": [r.info.run_id for r in runs], "picture": str(out),
+                    "params": {k: [r.data.params.get(k) for r in runs] for k in differing},
+                    "metrics": {k: [r.data.metrics.get(k) for r in runs] for k in all_metrics}})
         return 0
     table = Table("", *(r.info.run_id[:12] for r in runs), title="runs side by side")
     table.add_row("name", *(r.info.run_name or "" for r in runs))

@@ -8,10 +8,9 @@ down:   saves the S3 buckets to $BFN_HOME/stack/s3, then stops exactly the proce
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from bfn_platform.commands.common import add_json, group, subcommand
+from bfn_platform.commands.common import add_json, group, print_json, subcommand
 from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
@@ -69,8 +68,8 @@ def run_up(args) -> int:
     stack = up(_home(args), ports, log=(lambda m: None) if quiet else (lambda m: console.print(m, highlight=False)))
     rows = status(stack.home)
     if args.json:
-        print(json.dumps({"env_file": str(stack.env_file), "services": rows, "ports": stack.ports,
-                          "dashboard": stack.dashboard_url, "mlflow": stack.mlflow_url, "s3": stack.s3_url}))
+        print_json({"env_file": str(stack.env_file), "services": rows, "ports": stack.ports,
+                    "dashboard": stack.dashboard_url, "mlflow": stack.mlflow_url, "s3": stack.s3_url})
     else:
         _table(rows)
         console.print(f"env file: {stack.env_file}\n  source it:  source {stack.env_file}", highlight=False)
@@ -86,7 +85,7 @@ def run_status(args) -> int:
 
     rows = status(_home(args))
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
     else:
         _table(rows)
     return 0 if all(r["state"] in ("healthy", "stopped") for r in rows) else 1
@@ -99,5 +98,5 @@ def run_down(args) -> int:
     quiet = args.json
     down(_home(args), log=(lambda m: None) if quiet else (lambda m: console.print(m, highlight=False)))
     if args.json:
-        print(json.dumps({"stopped": True}))
+        print_json({"stopped": True})
     return 0

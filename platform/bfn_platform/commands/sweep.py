@@ -47,8 +47,8 @@ def run(args) -> int:
         console.print(f"next: bfn train {outcome.best_config}   or   bfn models register {outcome.best_run_id} --name {spec.name}")
     if args.json:
         print_json({"name": outcome.name, "parent_run_id": outcome.parent_run_id, "best_run_id": outcome.best_run_id,
-                          "best_value": outcome.best_value, "best_config": str(outcome.best_config) if outcome.best_config else None,
-                          "model_uri": outcome.model_uri, "trials": outcome.table["status"].value_counts().to_dict()})
+                    "best_value": outcome.best_value, "best_config": str(outcome.best_config) if outcome.best_config else None,
+                    "model_uri": outcome.model_uri, "trials": outcome.table["status"].value_counts().to_dict()})
     return 0
 
 
