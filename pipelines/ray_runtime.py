@@ -62,8 +62,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         else:
             # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
-            # _node_ip_address as well as the switch: Ray may have read its settings at an earlier import
-            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
+            # _node_ip_address as well as the switch: Ray may have read its settings at an earlier import.
+            # address="local": a new Ray of our own, never another user's local cluster that ray.init()
+            # would otherwise find through /tmp/ray and join.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
                      log_to_driver=True, _node_ip_address="127.0.0.1")
         _connected_here = True
     except ConnectionError as err:

@@ -7,7 +7,9 @@ checkpoint and of the best-validation checkpoint as MLflow models, one of them t
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 from pipelines.checkpoints import load_weights, read_config
 from pipelines.config import ExperimentConfig
@@ -23,6 +25,7 @@ from pipelines.names import (
     tag_data,
 )
 from pipelines.prepare import Prepared, prepare
+from pipelines.progress import ProgressFn, ProgressReceiver
 from pipelines.worker import METRICS_FILE, log_missing_metrics, train_loop_per_worker
 
 
@@ -66,7 +69,7 @@ def start_run(prep: Prepared, extra_tags: dict | None = None) -> tuple[str, str]
 
 
 def make_trainer(prep: Prepared, *, run_id: str | None, tracking_uri: str | None, name: str,
-                 callbacks: list | None = None):
+                 callbacks: list | None = None, progress_queue=None):
     """The TorchTrainer of one run. Its storage folder is `name` under the prepared storage path:
     started again under the same name, Ray Train continues from the latest checkpoint there. Ray
     keeps the latest checkpoint and the one with the best validation bound (unvalidated ones score
@@ -78,7 +81,7 @@ def make_trainer(prep: Prepared, *, run_id: str | None, tracking_uri: str | None
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.model_dump(mode="json"), "data_shape": list(prep.data_shape),
-                           "mlflow_run_id": run_id, "tracking_uri": tracking_uri},
+                           "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "progress_queue": progress_queue},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=prep.storage_path, storage_filesystem=prep.storage_filesystem,
@@ -164,8 +167,11 @@ def _resumed(client, run_id: str) -> tuple[ExperimentConfig, str]:
 
 
 def train(cfg: ExperimentConfig | None, *, resume_run: str | None = None, ray_address: str | None = None,
-          num_cpus: int | None = None) -> TrainOutcome:
-    """Run (or resume) a training run: MLflow run -> Ray TorchTrainer -> the run's EMA models in MLflow."""
+          num_cpus: int | None = None, on_progress: ProgressFn | None = None,
+          on_start: Callable[[str, ExperimentConfig], None] | None = None) -> TrainOutcome:
+    """Run (or resume) a training run: MLflow run -> Ray TorchTrainer -> the run's EMA models in MLflow.
+    on_start(run id, config) is called once the run exists; on_progress gets rank 0's progress records
+    (pipelines.progress) while it trains."""
     import mlflow
 
     from pipelines.ray_runtime import init_ray
@@ -182,9 +188,14 @@ def train(cfg: ExperimentConfig | None, *, resume_run: str | None = None, ray_ad
         prep = prepare(cfg)
         run_id, ray_name = start_run(prep)
 
+    if on_start:
+        on_start(run_id, prep.cfg)
     try:
         init_ray(ray_address, num_cpus=num_cpus, env={ENV_MLFLOW_TRACKING_URI: uri})
-        result = make_trainer(prep, run_id=run_id, tracking_uri=uri, name=ray_name).fit()
+        with ProgressReceiver(on_progress) if on_progress else nullcontext() as receiver:
+            trainer = make_trainer(prep, run_id=run_id, tracking_uri=uri, name=ray_name,
+                                   progress_queue=receiver.queue if receiver else None)
+            result = trainer.fit()
         model_uri, ckpt_path = log_run_models(result, run_id, prep.cfg.training.run_model)
     except BaseException as err:
         message = failure_message(err)

@@ -40,6 +40,7 @@ from pipelines.names import (
     STEP,
     val_metric,
 )
+from pipelines.progress import ProgressSender
 from pipelines.seeds import derive_seed
 from pipelines.tracking import system_metrics
 
@@ -206,6 +207,12 @@ def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, devic
     return out
 
 
+def _headline_val(report: dict) -> float | None:
+    """The validation bound to show: continuous time where validated, else the first step count."""
+    values = [v for k, v in report.items() if k.startswith("val_bits_")]
+    return report.get(val_metric("inf"), values[0] if values else None)
+
+
 def sample_pictures(ema: nn.Module, cfg: ExperimentConfig, data_shape, step: int, folder: Path,
                     accel: Acceleration | None = None) -> Path:
     """A picture of samples of the EMA model, drawn with the run's seed (the same noise every time)."""
@@ -289,6 +296,7 @@ def train_loop_per_worker(config: dict) -> None:
     t = cfg.training
     step = 0
     metrics = MetricBuffer(config.get("mlflow_run_id") if rank == 0 else None)
+    progress_queue = config.get("progress_queue") if rank == 0 else None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -303,6 +311,7 @@ def train_loop_per_worker(config: dict) -> None:
     batches = train_batches(cfg, rank, world, step, device, check=bfn.flow.check_data)
     saved_config = model_meta(cfg.model_dump(mode="json"), data_shape, cfg.bfn_kwargs())
     tick, tick_step, rate = time.perf_counter(), step, float("nan")
+    progress = ProgressSender(progress_queue, t.steps, step)
     with system_metrics(metrics.run_id, cfg.tracking.system_metrics, device.type == "cuda"):
         while step < t.steps:
             micro = [next(batches) for _ in range(cfg.accumulation_steps)]
@@ -334,4 +343,6 @@ def train_loop_per_worker(config: dict) -> None:
                         metrics.save(tmp)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
                 metrics.checkpoint_reported(step)
+            progress.send(step, loss_bits=loss_value / math.log(2), samples_per_second=rate,
+                          val_bits=_headline_val(report) if validated else None, checkpoint_step=step if checkpointed else None)
         metrics.flush()

@@ -1,7 +1,7 @@
 """`bfn train CONFIG`: a Ray Train run tracked in MLflow."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, command, overrides, print_json
+from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, add_verbose, command, overrides, print_json
 from bfn_platform.console import console
 from bfn_platform.errors import BfnError
 
@@ -22,21 +22,26 @@ def register(sub) -> None:
     add_overrides(p, "training.steps=100", "config")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last checkpoint")
     add_ray_address(p)
+    add_verbose(p)
     add_json(p, "the outcome")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from bfn_platform.live import TrainingDisplay, log_path, quiet_output
     from pipelines.config import load_config
     from pipelines.train import train
 
     if not args.config and not args.resume:
         raise BfnError("bfn train needs a CONFIG file or --resume RUN (see `bfn train --help`)")
     cfg = load_config(args.config, overrides(args)) if args.config else None
-    if cfg is not None:
-        console.print(f"training [bold]{cfg.model.network}[/] on {cfg.data.kind} data with {cfg.scaling.num_workers} worker(s), "
-                      f"{cfg.training.steps} steps")
-    outcome = train(cfg, resume_run=args.resume, ray_address=args.address)
+    with quiet_output(log_path("train"), args.verbose) as term:
+        def started(run_id, config):
+            term.print(f"training [bold]{config.model.network}[/] on {config.data.kind} data with "
+                       f"{config.scaling.num_workers} worker(s), {config.training.steps} steps: run {run_id}")
+
+        with TrainingDisplay(term) as display:
+            outcome = train(cfg, resume_run=args.resume, ray_address=args.address, on_progress=display, on_start=started)
     if args.json:
         print_json({"run_id": outcome.run_id, "model_uri": outcome.model_uri, "checkpoint": outcome.checkpoint_path})
     else:
