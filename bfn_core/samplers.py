@@ -23,7 +23,7 @@ import torch
 
 from bfn_core._checks import check_n_steps, registered
 from bfn_core.errors import BfnError
-from bfn_core.flows import BayesianFlow
+from bfn_core.flows import BayesianFlow, DiscreteBayesianFlow
 from bfn_core.solvers import OutputFn, integrate, ode1, ode2, sde1, sde2
 from bfn_core.time_grids import TIME_GRIDS, get_time_grid
 
@@ -53,16 +53,19 @@ def get_sampler(name: str) -> Sampler:
     return registered(SAMPLERS, name, "sampler")
 
 
-def preferred_grid(name: str) -> str:
-    """The TIME_GRIDS name a sampler uses when none is given."""
-    return getattr(get_sampler(name), "time_grid", "uniform")
+def preferred_grid(name: str, flow: BayesianFlow | None = None) -> str:
+    """The TIME_GRIDS name a sampler uses when none is given (for `flow`'s data family; None: continuous)."""
+    fn = get_sampler(name)
+    if isinstance(flow, DiscreteBayesianFlow):
+        return getattr(fn, "time_grid_discrete", getattr(fn, "time_grid", "uniform"))
+    return getattr(fn, "time_grid", "uniform")
 
 
 def sampler_times(sampler: str, n_steps: int, flow: BayesianFlow, grid=None, device=None) -> torch.Tensor:
     """The time grid for n_steps steps: grid is a TIME_GRIDS name, explicit times (n_steps + 1 of them), or None (the sampler's own)."""
     n_steps = check_n_steps(n_steps)
     if grid is None or isinstance(grid, str):
-        return get_time_grid(grid or preferred_grid(sampler))(n_steps, flow, device)
+        return get_time_grid(grid or preferred_grid(sampler, flow))(n_steps, flow, device)
     times = torch.as_tensor(grid, dtype=torch.float64)
     if times.dim() != 1 or times.numel() != n_steps + 1:
         raise BfnError(f"grid must hold n_steps + 1 = {n_steps + 1} times, got shape {tuple(times.shape)}; pass n_steps = len(grid) - 1")

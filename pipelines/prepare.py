@@ -20,18 +20,23 @@ from typing import Any
 
 from pipelines.config import ExperimentConfig
 from pipelines.errors import PipelineError
-from pipelines.names import ENV_BFN_STORAGE
+from pipelines.names import ENV_BFN_DATA, ENV_BFN_HOME, ENV_BFN_STORAGE
 
 SPLITS = ("train", "val", "test")
 _ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
 def expand_env(url: str) -> str:
-    """${VAR} and ${VAR:-default} in a config URL (e.g. ${BFN_DATA_URL:-.bfn/data}/cifar10/train/manifest.json),
-    from the environment, as a shell would expand them."""
+    """${VAR} and ${VAR:-default} in a config URL (e.g. ${BFN_DATA_URL}/cifar10/train/manifest.json),
+    from the environment, as a shell would expand them; BFN_HOME and BFN_DATA_URL, when unset, have
+    the platform's defaults (./.bfn and $BFN_HOME/data), so one home holds every default path."""
+    from pipelines.tracking import bfn_home, data_root
+
+    homes = {ENV_BFN_HOME: lambda: str(bfn_home()), ENV_BFN_DATA: data_root}
+
     def value(match: re.Match) -> str:
         name, default = match["name"], match["default"]
-        got = os.environ.get(name)
+        got = os.environ.get(name) or (homes[name]() if name in homes and default is None else None)
         if got:
             return got
         if default is not None:

@@ -74,12 +74,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, env: dict[
     check_loopback_nodes(allow_remote=bool(address) and not _is_loopback_address(address))
 
 
+def shutdown_ray(timeout_s: float = 60.0) -> bool:
+    """ray.shutdown(), given at most `timeout_s`: closing the driver's GCS subscribers is a blocking
+    gRPC call that can hang for good (ray-project/ray#44836, #45044; seen here at the end of a test
+    session). Returns whether it finished; if not, it is left in a daemon thread and the caller goes
+    on (stopping the cluster's processes breaks the hung call)."""
+    import threading
+
+    import ray
+
+    done = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    done.start()
+    done.join(timeout_s)
+    return not done.is_alive()
+
+
 def release_ray() -> None:
     """Disconnect from (or stop the local) Ray if init_ray connected this process; a connection some
     caller made before (a test's cluster, a notebook) is left alone."""
     global _connected_here
     if _connected_here:
-        import ray
-
-        ray.shutdown()
+        shutdown_ray()
         _connected_here = False

@@ -23,6 +23,13 @@ def bfn_home() -> Path:
     return Path(os.environ.get(ENV_BFN_HOME, ".bfn")).resolve()
 
 
+def data_root() -> str:
+    """Where shards live by default: $BFN_DATA_URL (the stack's and the cluster's), else $BFN_HOME/data."""
+    from pipelines.names import ENV_BFN_DATA
+
+    return os.environ.get(ENV_BFN_DATA, "").rstrip("/") or str(bfn_home() / "data")
+
+
 def tracking_uri() -> str:
     uri = os.environ.get(ENV_MLFLOW_TRACKING_URI)
     if uri:

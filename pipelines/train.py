@@ -37,11 +37,10 @@ class TrainOutcome:
     metrics: dict
 
 
-def start_run(prep: Prepared, extra_tags: dict | None = None) -> tuple[str, str]:
+def start_run(prep: Prepared, extra_tags: dict | None = None, extra_params: dict | None = None) -> tuple[str, str]:
     """A new MLflow run holding the config (params and config.yaml) and the data's digests; returns
     (run id, the Ray Train run name that ties the run to its checkpoints)."""
     import mlflow
-    import yaml
 
     from pipelines.lineage import context_tags, dataset_inputs
     from pipelines.tracking import ensure_experiment
@@ -56,16 +55,32 @@ def start_run(prep: Prepared, extra_tags: dict | None = None) -> tuple[str, str]
         tags[tag_data(split, "manifest")] = prep.manifest_urls[split]
     run = client.create_run(exp_id, run_name=cfg.tracking.run_name, tags=tags)
     run_id = run.info.run_id
-    ray_name = f"bfn-{run_id}"
+    ray_name = ray_run_name(run_id)
     client.set_tag(run_id, TAG_RAY_RUN_NAME, ray_name)
     if "mlflow.runName" not in (extra_tags or {}):  # readable, and unique: the config's name and a short id
         client.set_tag(run_id, "mlflow.runName", f"{cfg.tracking.run_name or cfg.tracking.experiment}-{run_id[:8]}")
     client.log_inputs(run_id, datasets=dataset_inputs(prep.manifests, prep.digests, prep.manifest_urls))
-    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in cfg.flat().items()]
+    log_config(run_id, cfg, extra_params)
+    return run_id, ray_name
+
+
+def ray_run_name(run_id: str) -> str:
+    """The Ray Train run (checkpoint folder) of an MLflow run."""
+    return f"bfn-{run_id}"
+
+
+def log_config(run_id: str, cfg: ExperimentConfig, extra_params: dict | None = None) -> None:
+    """The config as params and config.yaml. Logging the same values again is allowed, so a run whose
+    first attempt died between creating it and logging them (a sweep driver killed) is completed."""
+    import mlflow
+    import yaml
+
+    client = mlflow.MlflowClient()
+    values = {**cfg.flat(), **(extra_params or {})}
+    params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in values.items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i: i + 100])
     client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config.yaml")
-    return run_id, ray_name
 
 
 def make_trainer(prep: Prepared, *, run_id: str | None, tracking_uri: str | None, name: str,

@@ -223,7 +223,9 @@ def make_searcher(spec: SweepSpec, name: str, max_steps: int):
     storage = None
     if spec.search.storage:
         try:
-            storage = optuna.storages.RDBStorage(spec.search.storage)
+            from pipelines.prepare import expand_env
+
+            storage = optuna.storages.RDBStorage(expand_env(spec.search.storage))
         except Exception as err:
             raise PipelineError(f"search.storage {spec.search.storage}: cannot open the Optuna storage "
                                 f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None

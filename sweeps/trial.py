@@ -41,7 +41,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     from ray import tune
 
     from pipelines.prepare import Prepared
-    from pipelines.train import make_trainer, start_run
+    from pipelines.train import log_config, make_trainer, ray_run_name, start_run
     from sweeps.spec import trial_config
 
     fixed, sampled = sweep, dict(config)
@@ -55,17 +55,19 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     if existing is None:
         tags = {TAG_PARENT: fixed["parent_run_id"], TAG_SWEEP: fixed["name"], TAG_SWEEP_TRIAL: trial_id, TAG_SWEEP_STATUS: "running",
                 "mlflow.runName": f"{fixed['name']}-{trial_id}"}
-        run_id, ray_name = start_run(prep, extra_tags=tags)
-        for key, value in sampled.items():
-            client.log_param(run_id, f"sampled.{key}", str(value))
+        run_id, ray_name = start_run(prep, extra_tags=tags, extra_params={f"sampled.{k}": v for k, v in sampled.items()})
     elif existing.data.tags.get(TAG_SWEEP_STATUS) in ("completed", "stopped_early"):
         # The driver died after this trial ended but before Tune saved that: report its result again
         # instead of training it again.
         _replay(client, existing, fixed["goals"])
         return
     else:  # restarted by a resumed sweep: continue the same run from its checkpoint
-        run_id, ray_name = existing.info.run_id, existing.data.tags[TAG_RAY_RUN_NAME]
+        run_id = existing.info.run_id
+        ray_name = existing.data.tags.get(TAG_RAY_RUN_NAME) or ray_run_name(run_id)
+        client.set_tag(run_id, TAG_RAY_RUN_NAME, ray_name)
         client.update_run(run_id, status="RUNNING")
+        if not any(k.startswith("sampled.") for k in existing.data.params):  # its first attempt died before logging them
+            log_config(run_id, prep.cfg, {f"sampled.{k}": v for k, v in sampled.items()})
     trainer = make_trainer(prep, run_id=run_id, tracking_uri=fixed["tracking_uri"], name=ray_name,
                            callbacks=[_objective_callback(fixed["goals"][0])])
     trainer.fit()

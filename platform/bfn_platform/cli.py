@@ -50,12 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "json", False):
-        from bfn_platform.commands.common import json_stdout
+    from bfn_platform.commands.common import json_stdout
 
-        json_stdout()
     try:
-        result = args.func(args)
+        with json_stdout(getattr(args, "json", False)):
+            result = args.func(args)
     except BfnError as err:  # the one boundary where a user's mistake becomes one line
         if args.debug:
             raise

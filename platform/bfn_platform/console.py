@@ -23,8 +23,9 @@ console = _console()
 err_console = _console(stderr=True)  # for notes beside output that scripts parse (e.g. a job id)
 
 
-def progress_bar() -> Progress:
+def progress_bar(on: Console | None = None) -> Progress:
+    on = on or console
     return Progress(
         TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, disable=not console.is_terminal,
+        TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=on, disable=not on.is_terminal,
     )

@@ -5,7 +5,7 @@ The raw files are tiny stand-ins written here in the real formats (MNIST idx, th
 tarball, text8.zip) and read by the real parsers. The configs are changed only in size (steps, batch,
 width or depth, workers and their resources, validation repeats) and nothing structural: the test
 checks its own overrides against that list. Data URLs are not overridden either: the configs name
-${BFN_DATA_URL:-.bfn/data}, and the test sets BFN_DATA_URL.
+${BFN_DATA_URL} (default $BFN_HOME/data), and the test sets BFN_DATA_URL.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def test_mlp_learns_a_2d_mixture():
     bfn = make_bfn("continuous", (2,), network="mlp", sigma_1=0.01, hidden=128, depth=2)
     x_eval = _mixture(4096, torch.Generator().manual_seed(9))
     before = bfn.loss(x_eval, generator=torch.Generator().manual_seed(0)).mean().item()
-    _train(bfn, _mixture, 800, lr=3e-3)
+    _train(bfn, _mixture, 800, lr=1e-3)  # 3e-3 stalled on a plateau for hundreds of steps on some machines
     after = bfn.loss(x_eval, generator=torch.Generator().manual_seed(0)).mean().item()
     assert after < 0.7 * before, (before, after)
     xs = bfn.sample((1000, 2), 100, generator=torch.Generator().manual_seed(1))

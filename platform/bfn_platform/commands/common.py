@@ -4,6 +4,7 @@ where override text becomes values), `--json`, and the two kinds of cluster addr
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 
 from bfn_platform.errors import BfnError
 
@@ -64,20 +65,38 @@ def subcommand(subs, name: str, *, help: str, epilog: str | None = None, descrip
                            formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-JSON_STDOUT = None  # with --json: the real stdout, kept apart by cli.main (see json_stdout)
+JSON_STDOUT = None  # with --json: the real stdout, kept apart by json_stdout
 
 
-def json_stdout():
-    """With --json, stdout carries exactly one JSON document: the process's stdout (file descriptor 1,
-    so Ray's, MLflow's and any child process's output too) goes to stderr from here on, and
-    print_json writes to a copy of the real stdout."""
+@contextmanager
+def json_stdout(enabled: bool):
+    """With --json, stdout carries exactly one JSON document: for the command's length the process's
+    stdout (file descriptor 1, so Ray's, MLflow's and any child process's output too) goes to stderr,
+    and print_json writes to a copy of the real stdout. Where stdout is not file descriptor 1 (a
+    caller capturing it in-process) nothing is moved and print_json writes to sys.stdout."""
     import os
     import sys
 
     global JSON_STDOUT
+    try:
+        real = enabled and sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # a capture object without a file descriptor
+        real = False
+    if not real:
+        yield
+        return
     sys.stdout.flush()
-    JSON_STDOUT = os.fdopen(os.dup(1), "w")
+    saved = os.dup(1)
+    JSON_STDOUT = os.fdopen(os.dup(saved), "w")
     os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        JSON_STDOUT.close()
+        JSON_STDOUT = None
 
 
 def print_json(value) -> None:

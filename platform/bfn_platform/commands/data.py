@@ -1,11 +1,10 @@
 """`bfn data`: write data sets as webdataset shards (local or S3) and look inside shard sets."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bfn_platform.commands.common import group, subcommand
-from pipelines.names import ENV_BFN_DATA
+from pipelines.tracking import bfn_home, data_root
 
 SHARD_EPILOG = """examples:
   bfn data shard digits --split train --out .bfn/data/digits
@@ -48,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("dataset", metavar="DATASET", help="one of: " + ", ".join(SOURCES))
     p.add_argument("--split", default="train", help="split to write (default: train)")
     p.add_argument("--out", default=None, metavar="URL",
-                   help="folder: a path, file:///path or s3://bucket/prefix (default: $BFN_DATA_URL/DATASET, else .bfn/data/DATASET)")
+                   help="folder: a path, file:///path or s3://bucket/prefix (default: $BFN_DATA_URL/DATASET, else $BFN_HOME/data/DATASET)")
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample order and synthetic data (default: 0)")
     p.add_argument("--source-dir", default=None, metavar="DIR",
@@ -79,8 +78,7 @@ def run_shard(args) -> int:
 
     source = get_source(args.dataset)
     source.check_split(args.split)
-    base = os.environ.get(ENV_BFN_DATA, "").rstrip("/") or ".bfn/data"  # the stack's and the cluster's data root
-    out = args.out or f"{base}/{source.name}"
+    out = args.out or f"{data_root()}/{source.name}"  # where the shipped configs look
     with progress_bar() as bar:
         tasks: dict[str, int] = {}
 
@@ -152,7 +150,7 @@ def run_inspect(args) -> int:
             break
     batch = np.stack(samples)
     spec = ds.transform.spec
-    stem = f".bfn/inspect/{m.dataset}-{m.split}"
+    stem = str(bfn_home() / "inspect" / f"{m.dataset}-{m.split}")
     if x.content in ("text", "sequence"):
         from pipelines.pictures import save_text_samples
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bfn_platform.commands.common import command
-from bfn_platform.console import console, progress_bar
+from bfn_platform.commands.common import add_verbose, command
 from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
@@ -35,10 +34,11 @@ def register(sub) -> None:
     p.add_argument("--config", default=str(CONFIG), help="experiment config (default: configs/digits_discretised.yaml)")
     p.add_argument("--repeats", type=int, default=EVAL_REPEATS,
                    help=f"Monte Carlo repeats of the test bound per example (default {EVAL_REPEATS})")
+    add_verbose(p)
     p.set_defaults(func=run)
 
 
-def _register_and_promote(run_id: str) -> dict:
+def _register_and_promote(run_id: str, console) -> dict:
     """Register the run's model and promote it to @champion if the guard allows (a better earlier
     quickstart keeps the title; that is said, not an error)."""
     import mlflow
@@ -58,8 +58,16 @@ def _register_and_promote(run_id: str) -> dict:
 
 
 def run(args) -> int:
+    from bfn_platform.live import log_path, quiet_output
+
+    with quiet_output(log_path("quickstart"), args.verbose) as term:
+        return _quickstart(args, term)
+
+
+def _quickstart(args, console) -> int:
     import json
 
+    from bfn_platform.live import TrainingDisplay
     from bfn_core import steps_label
     from pipelines.baselines import independent_pixel_bits_per_dim
     from pipelines.config import load_config
@@ -75,7 +83,9 @@ def run(args) -> int:
     home = bfn_home()
     data = home / "data" / "digits"
     source = get_source("digits")
-    with progress_bar() as bar:
+    from bfn_platform.console import progress_bar
+
+    with progress_bar(console) as bar:
         for split in ("train", "val", "test"):
             task = bar.add_task(f"shard {split}", total=None, info="")
             write_shards(source, split, str(data), shard_size=50,
@@ -87,7 +97,8 @@ def run(args) -> int:
     cfg = load_config(args.config, overrides)
     console.print(f"[bold]training[/] a discretised BFN (K={cfg.data.num_classes}) on digits: {cfg.training.steps} steps, "
                   f"{cfg.scaling.num_workers} Ray Train workers x batch {cfg.training.batch_size}")
-    outcome = train(cfg)
+    with TrainingDisplay(console) as display:
+        outcome = train(cfg, on_progress=display)
     console.print(f"[bold]evaluating[/] run {outcome.run_id} on the test shards")
     ev = evaluate(outcome.run_id, steps=[10, 25, 50, 100, 1000, None], repeats=args.repeats)
     baseline = independent_pixel_bits_per_dim(source.load("train").data, source.load("test").data, cfg.data.num_classes)
@@ -105,7 +116,7 @@ def run(args) -> int:
                **{f"test_bits_{steps_label(r.steps)}": r.bits_per_dim for r in ev.table.rows}}
     (home / "quickstart").mkdir(parents=True, exist_ok=True)
     (home / "quickstart" / "summary.json").write_text(json.dumps(summary, indent=2))
-    champion = _register_and_promote(outcome.run_id)
+    champion = _register_and_promote(outcome.run_id, console)
     summary["registered"] = champion
     (home / "quickstart" / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"samples: {files[1]}   likelihood plot: MLflow run {outcome.run_id}, artifact eval/likelihood.png")

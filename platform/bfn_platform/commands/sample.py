@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--sampler", default="bfn", help="bfn (default), ode1, ode2, sde1 or sde2")
     p.add_argument("--grid", help="time grid: uniform, solver or logsnr (default: the sampler's own)")
     p.add_argument("--final", default="sample", help="sample (default: the paper's draw at t = 1) or mode (the reference code's)")
-    p.add_argument("--out", default="samples", help="output path without extension (default: ./samples)")
+    p.add_argument("--out", default=None, help="output path without extension (default: $BFN_HOME/samples/MODEL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256, help="samples drawn together (default 256)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -34,11 +34,15 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from bfn_platform.console import progress_bar
-    from pipelines.sampling import sample_to_files
+    import re
 
+    from pipelines.sampling import sample_to_files
+    from pipelines.tracking import bfn_home
+
+    out = args.out or str(bfn_home() / "samples" / re.sub(r"[^A-Za-z0-9_.@-]+", "_", args.model).strip("_"))
     with progress_bar() as bar:
         task = bar.add_task("sample", total=args.n, info=f"{args.n} samples, {args.sampler} x {args.steps} steps")
-        files = sample_to_files(args.model, n=args.n, steps=args.steps, out=args.out, seed=args.seed,
+        files = sample_to_files(args.model, n=args.n, steps=args.steps, out=out, seed=args.seed,
                                 batch_size=args.batch_size, device=args.device, sampler=args.sampler, grid=args.grid,
                                 final=args.final, precision=args.precision,
                                 on_progress=lambda k: bar.update(task, advance=k))
