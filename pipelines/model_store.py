@@ -101,8 +101,8 @@ def resolve_model_uri(ref: str) -> tuple[str, str | None]:
 def register_version(name: str, run_id: str, model_id: str, tags: dict[str, str] | None = None):
     """A new version of registered model `name` from a run's LoggedModel, linked both ways: the version
     names its run and LoggedModel, and the LoggedModel lists the version (the `mlflow.modelVersions`
-    tag that `mlflow.register_model` writes and the UI's logged-model page reads; register_model itself
-    leaves the version's run empty when given a models:/ URI)."""
+    tag the UI's logged-model page reads: a tracking server writes it, the embedded store does not;
+    mlflow.register_model would leave the version's run empty when given a models:/ URI)."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
@@ -119,8 +119,10 @@ def register_version(name: str, run_id: str, model_id: str, tags: dict[str, str]
     mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id,
                                      tags={k: v for k, v in (tags or {}).items() if v})
     listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
-    listed.append({"name": mv.name, "version": str(mv.version)})
-    client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+    if not any(e.get("name") == mv.name and str(e.get("version")) == str(mv.version) for e in listed):
+        # a tracking server links them itself; the file and SQLite stores do not
+        listed.append({"name": mv.name, "version": str(mv.version)})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
     return mv
 
 

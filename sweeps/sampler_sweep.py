@@ -92,6 +92,7 @@ def run_point(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     import mlflow
     from ray import tune
 
+    from pipelines.evaluate import resolve_device
     from pipelines.model_store import load_model
     from pipelines.sample_quality import measure_sampler
 
@@ -107,7 +108,8 @@ def run_point(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     try:
         client.log_batch(run_id, params=_params({"sampler": sampler, "steps": steps, "grid": grid or "default",
                                                  "model": sweep["model"], **sweep["options"]}))
-        point = measure_sampler(load_model(sweep["model"]), sampler=sampler, steps=steps, grid=grid, **sweep["options"])
+        options = {**sweep["options"], "device": resolve_device(sweep["options"]["device"])}  # this worker's GPU, if any
+        point = measure_sampler(load_model(sweep["model"]), sampler=sampler, steps=steps, grid=grid, **options)
         values = {**point.metrics, "nfe": float(point.nfe), "seconds_per_sample": point.seconds_per_sample}
         for key, value in values.items():
             if math.isfinite(value):
@@ -205,11 +207,19 @@ def _table(grid, client, experiment_id: str, parent: str) -> pd.DataFrame:
         trial_id = metrics.get("trial_id") or Path(result.path).name
         keep = set(REPORTED) | set(str(metrics.get("metric_names", "")).split(","))  # not Tune's own fields
         rows.append({"trial_id": trial_id, "status": "failed" if result.error else "completed",
+                     "error": _first_line(result.error) if result.error else None,
                      "run_id": children.get(trial_id), "sampler": config.get("sampler"),
                      "grid": config.get("grid") or "default", "steps": config.get("steps"),
                      **{k: v for k, v in metrics.items() if k in keep}})
-    columns = ["trial_id", "status", "run_id", "sampler", "grid", "steps", *REPORTED]
+    columns = ["trial_id", "status", "error", "run_id", "sampler", "grid", "steps", *REPORTED]
     return pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(columns + [c for r in rows for c in r])))
+
+
+def _first_line(error) -> str:
+    """The innermost message of a trial's (Ray-wrapped) error."""
+    from pipelines.train import failure_message
+
+    return failure_message(error)
 
 
 def recommend(table: pd.DataFrame, tolerance: float) -> pd.Series | None:
@@ -238,7 +248,7 @@ def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -
             done[column] = pareto_mask(done[[axis, "quality"]].to_numpy(dtype=float), ["min", mode])
         table = table.merge(done[["trial_id", "pareto_nfe", "pareto_time"]], on="trial_id", how="left")
         table = table.sort_values(["sampler", "grid", "nfe"], kind="stable").reset_index(drop=True)
-        done = done.rename(columns={"quality": headline})
+        done = done.drop(columns=[headline], errors="ignore").rename(columns={"quality": headline})  # the same values
         files.append(save_pareto_plot(done, "nfe", headline, ["min", mode], out_dir / "pareto_nfe.png", log_x=True,
                                       label="sampler", title=f"{name}: {headline} against network evaluations"))
         files.append(save_pareto_plot(done, "seconds_per_sample", headline, ["min", mode], out_dir / "pareto_time.png",
@@ -267,6 +277,8 @@ def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -
             for key, value in recommended.items():
                 client.set_model_version_tag(*registered, f"{TAG_RECOMMENDED}.{key}", str(value))
     _say_table(table, recommended, registered if spec.recommend else None, say)
+    if len(table) and (table["status"] == "failed").all():
+        raise PipelineError(f"sampler sweep {name}: every point failed, e.g. {table['error'].iloc[0]}")
     return SamplerSweepOutcome(name, parent, table, recommended, registered, out_dir)
 
 

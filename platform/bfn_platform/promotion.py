@@ -1,4 +1,5 @@
-"""Model promotion in the MLflow registry: the likelihood guard, a registry-wide lock, history.
+"""Model promotion in the MLflow registry: the likelihood guard, promotion, rollback, registration.
+The lock is in registry_lock.py, the readable history in registry_history.py.
 
 A promotion moves an alias (``champion`` by default) to a model version. It is guarded by the
 likelihood results that `bfn eval` logs to the version's run (metrics ``test_bits_<label>`` and
@@ -11,35 +12,23 @@ candidate models the data better, not only these test examples; the spread acros
 both the test set's sampling and the Monte Carlo noise of the bound (it is never smaller than the
 Monte Carlo standard error across repeats, which measures the estimator's noise on this one test set).
 
-Concurrency: MLflow has no compare-and-set on aliases or tags, but creating a registered model is
-atomic (the name is a unique key in the server's database, so a second create fails with
-RESOURCE_ALREADY_EXISTS). The lock is therefore a registered model ``bfn-lock.NAME`` created with
-an owner token and an expiry; whoever creates it holds it, and a crashed holder's lock is broken
-once it has expired. This works the same against the embedded SQLite store and a remote server,
-from any number of processes or machines. Inside the lock a promotion re-reads the alias, decides,
-moves the aliases, and re-reads them to verify.
+Concurrency: inside the registry lock a promotion re-reads the alias, decides, moves the aliases,
+and re-reads them to verify.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from bfn_platform.errors import BfnError
+from bfn_platform.registry_history import append_event, history
+from bfn_platform.registry_lock import RegistryLock
 from pipelines.lineage import who
 from pipelines.names import LEGACY_SE, TAG_TEST_SHA, test_metric, test_se_metric
 
 DEFAULT_ALIAS = "champion"
-LOCK_PREFIX = "bfn-lock."
-LOCK_OWNER_TAG = "bfn.lock.owner"
-LOCK_EXPIRES_TAG = "bfn.lock.expires"
-LOCK_TTL_S = 120.0  # a promotion takes a few requests; a lock older than this belongs to a dead process
-HISTORY_PREFIX = "bfn.history."  # registered-model tags bfn.history.0001, ...: one JSON entry each
 
 
 def previous_alias(alias: str) -> str:
@@ -120,91 +109,6 @@ def _steps_arg(label: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the lock
-
-
-def _error_code(err: Exception) -> str:
-    return getattr(err, "error_code", "") or ""
-
-
-class RegistryLock:
-    """``with RegistryLock(client, name): ...``: one promotion of `name` at a time, across processes."""
-
-    def __init__(self, client, name: str, timeout: float = 60.0, ttl: float = LOCK_TTL_S):
-        self.client, self.name, self.timeout, self.ttl = client, name, timeout, ttl
-        self.lock_name = LOCK_PREFIX + name
-        self.token = f"{who()}:{os.getpid()}:{uuid.uuid4().hex}"
-
-    def _read(self) -> dict[str, str] | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return dict(self.client.get_registered_model(self.lock_name).tags)
-        except MlflowException as err:
-            if "RESOURCE_DOES_NOT_EXIST" in _error_code(err) or "not found" in str(err).lower():
-                return None
-            raise
-
-    def acquire(self) -> None:
-        from mlflow.exceptions import MlflowException
-
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                # Atomic: the name is unique in the registry. Owner and expiry are set in the same request.
-                self.client.create_registered_model(
-                    self.lock_name, tags={LOCK_OWNER_TAG: self.token, LOCK_EXPIRES_TAG: f"{time.time() + self.ttl:.3f}"},
-                    description=f"promotion lock of {self.name} (bfn models promote); removed when it finishes")
-                tags = self._read()
-                if tags and tags.get(LOCK_OWNER_TAG) == self.token:
-                    return
-            except MlflowException as err:
-                if "ALREADY_EXISTS" not in _error_code(err) and "already exists" not in str(err).lower():
-                    raise
-            held = self._read()
-            if held is not None and float(held.get(LOCK_EXPIRES_TAG, "0") or 0) < time.time():
-                self._break(held)  # its holder died: take over
-                continue
-            if time.monotonic() > deadline:
-                owner = (held or {}).get(LOCK_OWNER_TAG, "?").split(":")[0]
-                raise BfnError(f"another promotion of {self.name} (by {owner}) holds the registry lock {self.lock_name}; "
-                               f"retry in a minute (a lock left by a crashed process expires after {self.ttl:.0f} s)")
-            time.sleep(0.1 + random.random() * 0.3)
-
-    def _break(self, held: dict[str, str]) -> None:
-        from mlflow.exceptions import MlflowException
-
-        current = self._read()  # delete only the stale lock we saw, not a fresh one taken meanwhile
-        if current is None or current.get(LOCK_OWNER_TAG) != held.get(LOCK_OWNER_TAG):
-            return
-        try:
-            self.client.delete_registered_model(self.lock_name)
-        except MlflowException:
-            pass
-
-    def release(self) -> None:
-        from mlflow.exceptions import MlflowException
-
-        held = self._read()
-        if held is not None and held.get(LOCK_OWNER_TAG) == self.token:
-            try:
-                self.client.delete_registered_model(self.lock_name)
-            except MlflowException:
-                pass
-
-    def __enter__(self) -> "RegistryLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def is_lock(name: str) -> bool:
-    return name.startswith(LOCK_PREFIX)
-
-
-# ---------------------------------------------------------------------------------------------
 # registry operations
 
 
@@ -259,16 +163,6 @@ def register_run(client, run_id: str, name: str):
     return register_version(name, run_id, model_id, {TAG_REGISTERED_RUN: run_id, TAG_TEST_SHA: run.data.tags.get(TAG_TEST_SHA, "")})
 
 
-def history(client, name: str) -> list[dict[str, Any]]:
-    tags = client.get_registered_model(name).tags
-    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
-
-
-def _append_history(client, name: str, entry: dict[str, Any]) -> None:
-    n = len(history(client, name)) + 1  # under the lock: no one else appends meanwhile
-    client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{n:04d}", json.dumps(entry, sort_keys=True))
-
-
 UNGUARDED_BY = "unknown (outside bfn: the MLflow UI's alias editor or the API)"
 
 
@@ -286,7 +180,7 @@ def record_unguarded(client, name: str, lock_timeout: float = 60.0) -> list[dict
                      "at": now_iso(), "reason": "alias moved without the likelihood guard", "forced": True,
                      "guard": "not checked", "steps": ""}
             client.set_model_version_tag(name, version, "bfn.promotion_guard", f"unguarded: @{alias} set outside bfn")
-            _append_history(client, name, entry)
+            append_event(client, name, entry)
             entries.append(entry)
     return entries
 
@@ -340,7 +234,7 @@ def promote(client, name: str, version: str, *, alias: str = DEFAULT_ALIAS, labe
                            ("promotion_forced", str(entry["forced"]).lower()), ("promotion_guard", verdict.reason),
                            ("previous_" + alias.replace("-", "_"), previous or "")):
             client.set_model_version_tag(name, version, f"bfn.{key}", value[:5000])
-        _append_history(client, name, entry)
+        append_event(client, name, entry)
         _verify(client, name, alias, version)
     return PromotionResult(name, version, alias, previous, verdict, entry["forced"])
 
@@ -374,7 +268,7 @@ def rollback(client, name: str, *, alias: str = DEFAULT_ALIAS, reason: str | Non
         client.set_model_version_tag(name, dst, "bfn.rolled_back_at", entry["at"])
         client.set_model_version_tag(name, dst, "bfn.rolled_back_by", entry["by"])
         client.set_model_version_tag(name, dst, "bfn.rolled_back_from", src)
-        _append_history(client, name, entry)
+        append_event(client, name, entry)
         _verify(client, name, alias, dst)
     return src, dst
 

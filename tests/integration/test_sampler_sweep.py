@@ -44,8 +44,8 @@ def registered(ray_two_nodes, mlflow_url, digits_shards, tmp_path_factory):
     model_id = client.get_run(outcome.run_id).data.tags[TAG_MODEL_ID]
     register_version("sampler-sweep-digits", outcome.run_id, model_id)
     # the LoggedModel lists its version, as the UI's logged-model page reads it
-    assert json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"]) == [
-        {"name": "sampler-sweep-digits", "version": "1"}]
+    listed = json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])
+    assert [(e["name"], str(e["version"])) for e in listed] == [("sampler-sweep-digits", "1")]
     env = dict(os.environ, RAY_ADDRESS=ray_two_nodes.address, MLFLOW_TRACKING_URI=mlflow_url, BFN_HOME=str(tmp / ".bfn"))
     return {"client": client, "run_id": outcome.run_id, "env": env}
 

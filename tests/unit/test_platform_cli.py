@@ -256,3 +256,26 @@ def test_stack_env_file_is_private_and_complete(tmp_path):
     assert stack.ray_token() not in text  # the token stays in its own file
     again = Stack(tmp_path)
     assert again.s3_credentials() == stack.s3_credentials()  # stable across down / up
+
+
+def test_history_events_are_readable_sentences_that_read_back():
+    from bfn_platform.registry_history import format_event, parse_event
+
+    entries = [
+        {"action": "promote", "alias": "champion", "version": "3", "previous": "2", "by": "ada", "at": "2026-12-03T06:00:00Z",
+         "reason": "guard passed", "forced": False, "guard": "1.2000 ± 0.0100 beats 1.3000 ± 0.0100", "steps": "inf"},
+        {"action": "promote", "alias": "champion", "version": "4", "previous": None, "by": "bob smith",
+         "at": "2026-12-03T07:00:00Z", "reason": "same bits | smaller", "forced": True, "guard": "refused: x", "steps": "n100"},
+        {"action": "rollback", "alias": "champion", "version": "3", "previous": "4", "by": "ada", "at": "2026-12-03T08:00:00Z",
+         "reason": "rollback from v4", "forced": False, "guard": "", "steps": ""},
+        {"action": "unguarded", "alias": "champion", "version": "5", "previous": "3", "by": "unknown (outside bfn: the UI)",
+         "at": "2026-12-03T09:00:00Z", "reason": "alias moved", "forced": True, "guard": "not checked", "steps": ""},
+    ]
+    for entry in entries:
+        text = format_event(entry)
+        assert not text.startswith("{") and f"@champion v{entry['version']}" in text
+        back = parse_event(text)
+        for key in ("action", "alias", "version", "previous", "by", "at", "reason", "forced", "steps"):
+            assert back[key] == entry[key], (key, back, text)
+    old = '{"action": "promote", "alias": "champion", "version": "1", "by": "x", "at": "t"}'
+    assert parse_event(old)["version"] == "1"  # registries written by earlier versions still read

@@ -113,6 +113,18 @@ def test_time_grids_are_increasing_from_their_start_to_one(flow):
     assert float(TIME_GRIDS["solver"](4, flow)[0]) == (1e-3 if isinstance(flow, DiscreteBayesianFlow) else 1e-2)
 
 
+def test_preferred_grid_per_data_family():
+    """ode1/ode2: log-SNR spacing for continuous data, the authors' uniform-t grid for discrete; sde1/sde2 and bfn one grid."""
+    from bfn_core.samplers import preferred_grid, sampler_times
+    disc, cont = DiscreteBayesianFlow(4, 3.0), ContinuousBayesianFlow(0.01)
+    assert [preferred_grid(n) for n in ("bfn", "ode1", "ode2", "sde1", "sde2")] == ["uniform", "logsnr", "logsnr", "solver", "solver"]
+    assert [preferred_grid(n, disc) for n in ("bfn", "ode1", "ode2", "sde1", "sde2")] == ["uniform"] + ["solver"] * 4
+    assert preferred_grid("ode2", cont) == "logsnr"
+    assert torch.equal(sampler_times("ode2", 6, disc), TIME_GRIDS["solver"](6, disc))
+    assert torch.equal(sampler_times("ode2", 6, cont), TIME_GRIDS["logsnr"](6, cont))
+    assert float(TIME_GRIDS["logsnr"](6, cont)[0]) == pytest.approx(1e-2)  # the solver code's eta, not earlier
+
+
 def test_grid_validation():
     flow = ContinuousBayesianFlow(0.01)
     fn = lambda theta, t: DeltaDistribution(torch.zeros_like(theta[0]))  # noqa: E731

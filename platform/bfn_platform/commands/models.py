@@ -103,7 +103,7 @@ def run_register(args) -> int:
 
 
 def _models(client) -> list:
-    from bfn_platform.promotion import is_lock
+    from bfn_platform.registry_lock import is_lock
 
     out, token = [], None
     while True:
@@ -142,7 +142,8 @@ def describe(client, name: str, label: str) -> dict:
     """Everything `show` prints, as plain data."""
     from mlflow.exceptions import MlflowException
 
-    from bfn_platform.promotion import evaluation_of, history, record_unguarded
+    from bfn_platform.promotion import evaluation_of, record_unguarded
+    from bfn_platform.registry_history import history
 
     try:
         model = client.get_registered_model(name)
