@@ -31,8 +31,8 @@ def load_config(source: str | Path | Mapping[str, Any] | ExperimentConfig,
 
 def train(config, overrides: Mapping[str, Any] | None = None, **options):
     """Train on Ray (local, or RAY_ADDRESS); returns TrainOutcome (run_id, model_uri, checkpoint_path, metrics).
-    options: resume_run, ray_address, num_cpus, on_progress (see pipelines.train.train)."""
-    from pipelines.train import train as run_training
+    options: resume_run, ray_address, num_cpus, on_progress (see pipelines.training.train)."""
+    from pipelines.training import train as run_training
 
     return run_training(load_config(config, overrides), **options)
 
@@ -40,7 +40,7 @@ def train(config, overrides: Mapping[str, Any] | None = None, **options):
 def evaluate(model: str, steps=(10, 100, 1000, None), **options):
     """The likelihood table of a run id (or prefix, or name), models:/ URI or checkpoint folder; returns
     EvalOutcome (.table). options: repeats, batch_size, manifest, workers, device, precision, seed, log."""
-    from pipelines.evaluate import evaluate as run_evaluation
+    from pipelines.evaluation import evaluate as run_evaluation
     from pipelines.tracking import setup_mlflow
 
     if not Path(model).is_dir():
@@ -51,7 +51,7 @@ def evaluate(model: str, steps=(10, 100, 1000, None), **options):
 def sample(model: str, n: int = 16, steps: int = 100, *, sampler: str = "bfn", grid: str | None = None,
            final: str = "sample", seed: int = 0, device: str = "auto", precision: str = "auto", batch_size: int = 256):
     """n samples as a numpy array of the data's shape (images in [-1, 1] or class indices)."""
-    from pipelines.evaluate import check_precision, resolve_device
+    from pipelines.evaluation import check_precision, resolve_device
     from pipelines.model_store import load_model
     from pipelines.sample_quality import draw
     from pipelines.sampling import check_sampler_choice

@@ -193,7 +193,7 @@ def evaluate_quality(ref: str, *, samplers: Sequence[str], steps: Sequence[int],
                      ) -> tuple[list[SamplerPoint], str | None, list[str]]:
     """`bfn eval --quality`: the quality curve of a model over samplers x step counts, logged to its run
     when known. Returns (points, run id, artifacts)."""
-    from pipelines.evaluate import check_precision, resolve_device
+    from pipelines.evaluation import check_precision, resolve_device
     from pipelines.model_store import load_model
     from pipelines.sampling import check_sampler_choice
     from pipelines.tracking import setup_mlflow

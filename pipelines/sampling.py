@@ -28,7 +28,7 @@ def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, ba
     (auto: a GPU when there is one), in batches; on_progress(k) is told of k more samples drawn."""
     import numpy as np
 
-    from pipelines.evaluate import check_precision, resolve_device
+    from pipelines.evaluation import check_precision, resolve_device
     from pipelines.model_store import load_model
     from pipelines.pictures import save_samples
     from pipelines.sample_quality import draw

@@ -56,7 +56,10 @@ def save_pareto_plot(df: pd.DataFrame, x: str, y: str, modes: Sequence[str], pat
         ax.step(front[x], front[y], where="post", color="k", lw=1.2, label="Pareto front")
         ax.scatter(front[x], front[y], s=80, facecolors="none", edgecolors="k")
     if log_x:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(f"{x} ({'lower' if modes[0] == 'min' else 'higher'} is better)")
     ax.set_ylabel(f"{y} ({'lower' if modes[1] == 'min' else 'higher'} is better)")
     ax.set_title(title, fontsize=9)

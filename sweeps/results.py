@@ -72,6 +72,24 @@ def save_table(df: pd.DataFrame, folder: Path) -> list[Path]:
     return [folder / "results.csv", folder / "results.parquet"]
 
 
+def metric_label(metric: str) -> str:
+    """val_bits_n25 -> 'validation bound at n = 25 (bits / dim)'; others as they are."""
+    import re
+
+    found = re.match(r"^(val|test)_(bits|nats)_(inf|n(\d+))$", metric)
+    if not found:
+        return metric
+    where = "continuous time" if found[3] == "inf" else f"n = {found[4]}"
+    unit = "bits / dim" if found[2] == "bits" else "nats per example"
+    return f"{'validation' if found[1] == 'val' else 'test'} bound at {where} ({unit})"
+
+
+def _readable_log_ticks(axis) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[str, pd.DataFrame]) -> list[Path]:
     """objective_vs_<param>.png per searched value, objective_vs_steps.png, objective_curves.png (ASHA at work)."""
     import matplotlib
@@ -91,8 +109,9 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
                        color=STATUS_COLOURS.get(status, "k"), s=28)
         if is_log_scale(spec, key):
             ax.set_xscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel(metric)
+            _readable_log_ticks(ax.xaxis)
+        ax.set_xlabel(key + (" (log scale)" if is_log_scale(spec, key) else ""))
+        ax.set_ylabel(metric_label(metric))
         ax.set_title(f"{spec.name}: {metric} against {key}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -109,7 +128,7 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
                 ax.scatter(xs, group["objective"], label=status.replace("_", " "), color=STATUS_COLOURS.get(status, "k"), s=28)
             ax.set_xticks(range(len(choices)), labels)
             ax.set_xlabel(f"{key} (inf = continuous time)")
-            ax.set_ylabel(metric)
+            ax.set_ylabel(metric_label(metric))
             ax.legend(fontsize=7)
         fig.suptitle(f"{spec.name}: {metric} against step counts", fontsize=9)
         fig.tight_layout()
@@ -120,10 +139,12 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
         status_of = dict(zip(df["trial_id"], df["status"]))
         for trial_id, hist in histories.items():
             if OBJECTIVE in hist and STEP in hist:
-                ax.plot(hist[STEP], hist[OBJECTIVE], marker="o", ms=3, lw=1,
+                ax.plot(hist[STEP], hist[OBJECTIVE], marker="o", ms=3, lw=1, label=trial_id,
                         color=STATUS_COLOURS.get(status_of.get(trial_id), "k"))
         ax.set_xlabel("training step")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric_label(metric))
+        if len(histories) <= 12:
+            ax.legend(fontsize=6, ncol=2, title="trial", title_fontsize=7)
         ax.set_title(f"{spec.name}: every trial (orange: stopped early by ASHA)", fontsize=9)
         fig.tight_layout()
         paths.append(folder / "objective_curves.png")

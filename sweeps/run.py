@@ -98,7 +98,7 @@ class TrialStatusToMlflow(tune.Callback):
         if run.data.tags.get(TAG_SWEEP_STATUS) == status and run.info.status == mlflow_status:
             return  # already recorded (a trial replayed after a resume): keep its end time
         if status != "completed" and run.data.tags.get(TAG_RAY_RUN_NAME):
-            from pipelines.train import send_checkpointed_metrics
+            from pipelines.training import send_checkpointed_metrics
 
             # a trial Tune stopped (or that failed) ended before its worker sent its last metrics
             send_checkpointed_metrics(run.info.run_id, run.data.tags[TAG_RAY_RUN_NAME], self.storage_path,
@@ -244,7 +244,7 @@ def _finish(spec, base, name, parent, grid, client, experiment_id, fs, say, out_
     """Results table, plots and best config (local and on the parent run); the best trial's model."""
     from ray.train import Checkpoint
 
-    from pipelines.train import log_run_models
+    from pipelines.training import log_run_models
     from sweeps.results import best_row, results_table, save_pareto, save_plots, save_table, trial_status, write_best_config
 
     children = {r.data.tags.get(TAG_SWEEP_TRIAL): r.info.run_id for r in client.search_runs(

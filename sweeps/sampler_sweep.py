@@ -92,7 +92,7 @@ def run_point(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     import mlflow
     from ray import tune
 
-    from pipelines.evaluate import resolve_device
+    from pipelines.evaluation import resolve_device
     from pipelines.model_store import load_model
     from pipelines.sample_quality import measure_sampler
 
@@ -217,7 +217,7 @@ def _table(grid, client, experiment_id: str, parent: str) -> pd.DataFrame:
 
 def _first_line(error) -> str:
     """The innermost message of a trial's (Ray-wrapped) error."""
-    from pipelines.train import failure_message
+    from pipelines.training import failure_message
 
     return failure_message(error)
 

@@ -41,7 +41,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     from ray import tune
 
     from pipelines.prepare import Prepared
-    from pipelines.train import log_config, make_trainer, ray_run_name, start_run
+    from pipelines.training import log_config, make_trainer, ray_run_name, start_run
     from sweeps.spec import trial_config
 
     fixed, sampled = sweep, dict(config)

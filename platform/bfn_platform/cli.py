@@ -9,7 +9,7 @@ from bfn_platform.errors import BfnError
 
 # Each module exposes register(subparsers); its parsers set `func` to a handler taking args.
 # Modules are imported lazily so `bfn --help` does not pay for Ray or MLflow.
-COMMAND_MODULES = ["quickstart", "data", "check", "train", "eval", "sample", "sweep", "submit", "jobs", "runs", "models", "stack", "ui"]
+COMMAND_MODULES = ["quickstart", "data", "check", "train", "eval", "sample", "sweep", "submit", "jobs", "runs", "models", "stack", "ui", "completion"]
 
 EPILOG = """examples:
   bfn quickstart                         shard digits, train on Ray, evaluate, sample: all in ./.bfn

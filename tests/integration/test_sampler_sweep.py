@@ -28,7 +28,7 @@ def registered(ray_two_nodes, mlflow_url, digits_shards, tmp_path_factory):
     from pipelines.config import load_config
     from pipelines.model_store import register_version
     from pipelines.names import TAG_MODEL_ID
-    from pipelines.train import train
+    from pipelines.training import train
 
     tmp = tmp_path_factory.mktemp("sampler-sweep")
     os.environ.update(MLFLOW_TRACKING_URI=mlflow_url, BFN_HOME=str(tmp / ".bfn"))

@@ -160,7 +160,7 @@ def test_best_config_trains(resumed_sweep, tracked, tmp_path):
     import ray
 
     from pipelines.config import load_config
-    from pipelines.train import train
+    from pipelines.training import train
 
     cfg = load_config(resumed_sweep["outcome"]["best_config"], {"training.steps": 10, "storage.path": str(tmp_path)})
     assert cfg.training.steps == 10 and cfg.data.kind == "discretised"

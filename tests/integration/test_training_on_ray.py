@@ -39,7 +39,7 @@ def trained_run(ray_two_nodes, mlflow_url, digits_shards, tmp_path_factory):
     """One short 2-worker run, shared by the tests that inspect its record."""
     import mlflow
 
-    from pipelines.train import train
+    from pipelines.training import train
 
     tmp = tmp_path_factory.mktemp("run")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
@@ -111,7 +111,7 @@ def test_a_killed_worker_is_replaced_and_resumes_from_the_last_checkpoint(ray_tw
 
     import mlflow
 
-    from pipelines.train import train
+    from pipelines.training import train
 
     experiment = f"killed-worker-{uuid.uuid4().hex[:8]}"
     cfg = _config(digits_shards, tmp_path, **{"training.steps": 200, "training.val_every": 200,
@@ -172,7 +172,7 @@ def test_eval_and_sample_through_the_cli(trained_run, mlflow_url, tmp_path):
 def test_eval_on_ray_workers_counts_every_example_once(trained_run, tracked):
     """Three Ray tasks (over both nodes) each evaluate a share of the 297 test digits: every example counts
     once, progress adds up to the total, and the table agrees with a single process's."""
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluation import evaluate
 
     started, done = [], []
     parallel = evaluate(trained_run.run_id, steps=[10, None], repeats=2, workers=3, device="cpu", log=False,

@@ -279,3 +279,22 @@ def test_history_events_are_readable_sentences_that_read_back():
             assert back[key] == entry[key], (key, back, text)
     old = '{"action": "promote", "alias": "champion", "version": "1", "by": "x", "at": "t"}'
     assert parse_event(old)["version"] == "1"  # registries written by earlier versions still read
+
+
+def test_completion_script_completes_commands_subcommands_and_flags(tmp_path):
+    import subprocess
+    import sys
+
+    script = subprocess.run([sys.executable, "-m", "bfn_platform.cli", "completion", "bash"], capture_output=True,
+                            text=True, check=True).stdout
+    (tmp_path / "c.sh").write_text(script)
+
+    def complete(*words):
+        probe = (f'source {tmp_path / "c.sh"}; COMP_WORDS=(bfn {" ".join(words)}); COMP_CWORD={len(words)}; _bfn; '
+                 'echo "${COMPREPLY[@]}"')
+        return subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+
+    assert complete("mod") == ["models"]
+    assert complete("models", "pro") == ["promote"]
+    assert complete("models", "promote", "digits", "3", "--fo") == ["--force"]
+    assert "--sampler" in complete("sample", "RUN", "--")

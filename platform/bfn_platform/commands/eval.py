@@ -50,7 +50,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from bfn_core import parse_steps
     from bfn_platform.console import progress_bar
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluation import evaluate
 
     if args.quality:
         return run_quality(args)

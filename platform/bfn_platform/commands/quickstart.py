@@ -73,10 +73,10 @@ def _quickstart(args, console) -> int:
     from pipelines.config import load_config
     from pipelines.data.sources import get_source
     from pipelines.data.writer import write_shards
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluation import evaluate
     from pipelines.sampling import sample_to_files
     from pipelines.tracking import bfn_home, tracking_uri
-    from pipelines.train import train
+    from pipelines.training import train
 
     if not Path(args.config).is_file():
         raise BfnError(f"quickstart config {args.config} not found: run from a checkout of bfn-platform or pass --config")
@@ -100,8 +100,9 @@ def _quickstart(args, console) -> int:
     with TrainingDisplay(console) as display:
         outcome = train(cfg, on_progress=display)
     console.print(f"[bold]evaluating[/] run {outcome.run_id} on the test shards")
-    ev = evaluate(outcome.run_id, steps=[10, 25, 50, 100, 1000, None], repeats=args.repeats)
     baseline = independent_pixel_bits_per_dim(source.load("train").data, source.load("test").data, cfg.data.num_classes)
+    ev = evaluate(outcome.run_id, steps=[10, 25, 50, 100, 1000, None], repeats=args.repeats,
+                  baseline=("independent-pixel baseline", baseline))
     files = sample_to_files(outcome.run_id, n=64, steps=100, out=str(home / "quickstart" / "samples"))
 
     console.print(ev.table.format())

@@ -17,7 +17,7 @@ Filters use MLflow's search syntax: metrics.X, params.X, tags.X, attributes.stat
 """
 
 LIST_METRICS = (LOSS, val_metric("inf"), test_metric("inf"))
-CURVES = (LOSS, val_metric("inf"))
+CURVES = ("loss_bits_per_dim", val_metric("inf"))  # both in bits/dim: one scale for training and validation
 
 
 def register(sub) -> None:
@@ -206,7 +206,7 @@ def run_compare(args) -> int:
                                                                       key=lambda h: (h.step, h.timestamp))]
                               for m in metrics} for r in runs}
     out = Path(args.out) if args.out else bfn_home() / "compare" / ("-".join(r.info.run_id[:8] for r in runs) + ".png")
-    plot_curves(curves, metrics, out)
+    plot_curves(curves, metrics, out, {r.info.run_id: r.info.run_name or r.info.run_id[:8] for r in runs})
     all_params = sorted({k for r in runs for k in r.data.params})
     differing = [k for k in all_params if len({r.data.params.get(k) for r in runs}) > 1]
     all_metrics = sorted({k for r in runs for k in r.data.metrics})
@@ -227,27 +227,33 @@ def run_compare(args) -> int:
     return 0
 
 
-def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metrics: list[str], out: Path) -> Path:
-    """One panel per metric, one line per run, against the training step."""
-    import matplotlib
+def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], metrics: list[str], out: Path,
+                names: dict[str, str] | None = None) -> Path:
+    """One panel per metric, one line per run (labelled with its name), against the training step."""
+    from pipelines.pictures import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), dpi=100, squeeze=False)
+    plt = _pyplot()
+    names = names or {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), dpi=110, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for run_id, series in curves.items():
             points = series.get(metric) or []
             if points:
                 steps, values = zip(*points)
-                ax.plot(steps, values, marker="o", markersize=2, label=run_id[:8])
+                ax.plot(steps, values, marker="o", markersize=2, label=names.get(run_id) or run_id[:8])
         ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(_unit(metric))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
+
+
+def _unit(metric: str) -> str:
+    if "bits" in metric:
+        return "bits / dim"
+    if "nats" in metric or metric == LOSS:
+        return "nats per example"
+    return metric

@@ -30,7 +30,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from bfn_platform.live import TrainingDisplay, log_path, quiet_output
     from pipelines.config import load_config
-    from pipelines.train import train
+    from pipelines.training import train
 
     if not args.config and not args.resume:
         raise BfnError("bfn train needs a CONFIG file or --resume RUN (see `bfn train --help`)")

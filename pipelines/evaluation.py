@@ -130,13 +130,14 @@ def _evaluate_on_ray(ref: str, uri: str | None, manifest: str, steps, repeats: i
 
 def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_size: int = 64, manifest: str | None = None,
              workers: int = 0, device: str = "auto", precision: str = "auto", seed: int = 0, log: bool = True,
-             on_start: Callable[[int], None] | None = None, on_progress: ProgressFn | None = None) -> EvalOutcome:
+             on_start: Callable[[int], None] | None = None, on_progress: ProgressFn | None = None,
+             baseline: tuple[str, float] | None = None) -> EvalOutcome:
     """The bound L^n + L^r for each n in steps on the test set; logged to the model's run when known.
 
     `workers` > 0 splits the test set over that many Ray tasks; `precision` is the network's autocast
     (auto: bf16 on GPU, as in training; fp32 for figures to compare with float32 results);
     `on_start(total)` is told how many test examples there are before any is evaluated, `on_progress(k)`
-    of k more evaluated."""
+    of k more evaluated; `baseline` (name, bits) is drawn as a reference line in the logged picture."""
     from pipelines.acceleration import Acceleration
     from pipelines.config import ExperimentConfig
     from pipelines.model_store import load_model
@@ -176,12 +177,13 @@ def evaluate(ref: str, *, steps: Sequence[int | None], repeats: int = 1, batch_s
     table = acc.table(unit)
     outcome = EvalOutcome(table, loaded.run_id, manifest)
     if log and loaded.run_id:
-        outcome.artifacts = log_table(loaded.run_id, table, manifest, prep.digests["test"], precision, f"{info.dataset}-test")
+        outcome.artifacts = log_table(loaded.run_id, table, manifest, prep.digests["test"], precision, f"{info.dataset}-test",
+                                      baseline)
     return outcome
 
 
 def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str, precision: str = "fp32",
-              dataset: str | None = None) -> list[str]:
+              dataset: str | None = None, baseline: tuple[str, float] | None = None) -> list[str]:
     """Metrics test_bits_<n> and its standard errors (names.py), the same in nats, linked to the run's
     LoggedModel and the test dataset (so the logged-model page shows them); the table as an MLflow
     table (likelihood_table.json, one row per step count) and as likelihood.json / .parquet / .png
@@ -195,7 +197,8 @@ def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str, p
 
     client = mlflow.MlflowClient()
     now = int(__import__("time").time() * 1000)
-    link = {"model_id": client.get_run(run_id).data.tags.get(TAG_MODEL_ID)}
+    run = client.get_run(run_id)
+    link = {"model_id": run.data.tags.get(TAG_MODEL_ID)}
     if dataset:
         link.update(dataset_name=dataset, dataset_digest=digest[:36])  # as the run's dataset inputs (pipelines.lineage)
     metrics = []
@@ -215,7 +218,9 @@ def log_table(run_id: str, table: LikelihoodTable, manifest: str, digest: str, p
         rows = data["rows"]
         client.log_table(run_id, data={k: [r[k] for r in rows] for k in rows[0]}, artifact_file="eval/likelihood_table.json")
         pq.write_table(pa.table({k: [r[k] for r in rows] for k in rows[0]}), tmp / "likelihood.parquet")
-        save_likelihood_plot(data, tmp / "likelihood.png", title=f"test bound versus steps ({table.num_examples} examples)")
+        save_likelihood_plot(data, tmp / "likelihood.png", baseline=baseline,
+                             title=f"{(dataset or 'test').removesuffix('-test')} test bound versus steps: run "
+                                   f"{run.info.run_name or run_id[:8]} ({table.num_examples} examples)")
         for name in ("likelihood.json", "likelihood.parquet", "likelihood.png"):
             client.log_artifact(run_id, str(tmp / name), "eval")
     return ["eval/likelihood.json", "eval/likelihood.parquet", "eval/likelihood.png", "eval/likelihood_table.json"]
