@@ -146,7 +146,7 @@ def test_platform_end_to_end(tmp_path):
                str(tmp_path / "fast"), env=env))
         assert np.load(tmp_path / "fast.npy").shape == (4, 8, 8, 1)
         quality = json.loads(ok(cli("eval", runs[1], "--quality", "--sampler", "bfn,ode2", "--steps", "3,6",
-                                    "--n-samples", "32", "--json", env=env)).stdout)
+                                    "--n", "32", "--json", env=env)).stdout)
         assert [(p["sampler"], p["steps"], p["nfe"]) for p in quality["points"]] == [
             ("bfn", 3, 4), ("bfn", 6, 7), ("ode2", 3, 4), ("ode2", 6, 7)]
         assert all(p["headline"] == "fd_digits" and p["metrics"]["fd_digits"] > 0 for p in quality["points"])

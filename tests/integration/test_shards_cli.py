@@ -31,7 +31,7 @@ def test_shard_then_inspect_an_image_set(bfn, storage_root, tmp_path):
     manifest_url = f"{storage_root}/test/manifest.json"
     assert f"manifest: {manifest_url}" in out
     picture = tmp_path / "grid.png"
-    code, out, err = bfn("data", "inspect", f"{storage_root}/test", "--picture", str(picture), "--count", "16",
+    code, out, err = bfn("data", "inspect", f"{storage_root}/test", "--picture", str(picture), "--n", "16",
                          "--verify")
     assert code == 0, err
     assert "digits / test" in out and "297 in 3 shards" in out and "discretised K=17" in out

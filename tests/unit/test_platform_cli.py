@@ -298,3 +298,24 @@ def test_completion_script_completes_commands_subcommands_and_flags(tmp_path):
     assert complete("models", "pro") == ["promote"]
     assert complete("models", "promote", "digits", "3", "--fo") == ["--force"]
     assert "--sampler" in complete("sample", "RUN", "--")
+
+
+def test_every_flag_has_help_and_steps_means_sampling_steps_everywhere():
+    import argparse
+
+    from bfn_platform.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, path + (name,))
+            elif action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                yield path, action
+
+    seen = list(walk(build_parser(), ("bfn",)))
+    missing = [f"{' '.join(p)} {a.option_strings[0]}" for p, a in seen if not a.help]
+    assert not missing, missing
+    for path, action in seen:  # --steps is a number of sampling steps (or step labels), never training steps
+        if "--steps" in action.option_strings:
+            assert "training" not in action.help.lower(), (path, action.help)

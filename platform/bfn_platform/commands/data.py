@@ -25,7 +25,7 @@ need no download.
 
 INSPECT_EPILOG = """examples:
   bfn data inspect .bfn/data/digits/train/manifest.json
-  bfn data inspect s3://my-bucket/bfn/mnist/test --count 16 --picture mnist.png
+  bfn data inspect s3://my-bucket/bfn/mnist/test --n 16 --picture mnist.png
   bfn data inspect .bfn/data/mnist/train --data-kind discretised --num-classes 256
 
 URL is a manifest or the folder that holds manifest.json.  Images are drawn as a PNG grid,
@@ -59,7 +59,7 @@ def register(sub) -> None:
                    description="Print a manifest's summary and write a picture of the first samples.",
                    epilog=INSPECT_EPILOG)
     p.add_argument("url", metavar="URL", help="manifest URL (or its folder): path, file:// or s3://")
-    p.add_argument("--count", type=int, default=None, metavar="N",
+    p.add_argument("--n", "--count", dest="count", type=int, default=None, metavar="N",
                    help="samples to draw (default: 64 images / 500 points / 8 lines)")
     p.add_argument("--picture", default=None, metavar="PATH",
                    help="where to write the picture (default: .bfn/inspect/DATASET-SPLIT.png or .txt)")

@@ -12,7 +12,7 @@ EPILOG = """examples:
                                                  # paper scale: the CIFAR-10 test set on 8 GPUs of the cluster
 
   bfn eval models:/digits@champion --quality                      # sample quality per sampler and step count
-  bfn eval 3f2c9a... --quality --sampler bfn,ode2 --steps 5,10,20,50,100 --n-samples 1000
+  bfn eval 3f2c9a... --quality --sampler bfn,ode2 --steps 5,10,20,50,100 --n 1000
 
 The bound is averaged over --repeats Monte Carlo draws per example; the table reports two standard
 errors: across test examples, and Monte Carlo across repeats (with --repeats 2 or more).
@@ -37,11 +37,12 @@ def register(sub) -> None:
                    help="the network's autocast; auto: bf16 on GPU, as in training (fp32 for exact float32 figures)")
     p.add_argument("--workers", type=int, default=0,
                    help="Ray tasks that each evaluate a share of the test set (a GPU each on GPUs); 0: this process")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the noise (default 0): the same seed, the same result")
     q = p.add_argument_group("sample quality")
     q.add_argument("--quality", action="store_true", help="sample quality per sampler and step count, not the bound")
     q.add_argument("--sampler", default="bfn,ode1,ode2,sde1,sde2", help="samplers to compare (default: %(default)s)")
-    q.add_argument("--n-samples", type=int, default=256, help="samples per sampler and step count (default 256)")
+    q.add_argument("--n", "--n-samples", dest="n_samples", type=int, default=256, metavar="N",
+                   help="samples per sampler and step count (default 256)")
     q.add_argument("--dataset", help="the data set whose quality metric applies (default: the model's training data)")
     add_json(p, "the table")
     p.set_defaults(func=run)

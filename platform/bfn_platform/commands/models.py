@@ -60,8 +60,8 @@ def register(sub) -> None:
     rb = subcommand(msub, "rollback", help="move @champion back to @previous-champion",
                          epilog="example: bfn models rollback digits --reason \"v4 samples look wrong\"")
     rb.add_argument("name", metavar="NAME")
-    rb.add_argument("--alias", default="champion")
-    rb.add_argument("--reason")
+    rb.add_argument("--alias", default="champion", help="alias to roll back (default: champion)")
+    rb.add_argument("--reason", help="why: recorded in the history")
     add_json(rb)
     rb.set_defaults(func=run_rollback)
 

@@ -15,7 +15,7 @@ from bfn_platform.errors import BfnError
 
 EPILOG = """examples:
   bfn quickstart                      # ~5 minutes on 2 CPU cores; everything lands in ./.bfn
-  bfn quickstart --steps 200          # a shorter run
+  bfn quickstart --train-steps 200    # a shorter run
 then:
   mlflow ui --backend-store-uri sqlite:///.bfn/mlflow.db      (or: bfn ui)
 """
@@ -29,7 +29,8 @@ EVAL_REPEATS = 20
 
 def register(sub) -> None:
     p = command(sub, "quickstart", __doc__, help="shard digits, train on Ray, evaluate, sample: all locally", epilog=EPILOG)
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's, 600)")
+    p.add_argument("--train-steps", type=int, default=None, metavar="N",
+                   help="training steps (default: the config's, 600); --steps is sampling steps everywhere")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     p.add_argument("--config", default=str(CONFIG), help="experiment config (default: configs/digits_discretised.yaml)")
     p.add_argument("--repeats", type=int, default=EVAL_REPEATS,
@@ -92,8 +93,8 @@ def _quickstart(args, console) -> int:
                          on_progress=lambda done, total, name, t=task: bar.update(t, completed=done, total=total, info=name))
     overrides = {f"data.{s}": str(data / s / "manifest.json") for s in ("train", "val", "test")}
     overrides.update({"scaling.num_workers": args.workers, "tracking.experiment": "quickstart"})
-    if args.steps:
-        overrides["training.steps"] = args.steps
+    if args.train_steps:
+        overrides["training.steps"] = args.train_steps
     cfg = load_config(args.config, overrides)
     console.print(f"[bold]training[/] a discretised BFN (K={cfg.data.num_classes}) on digits: {cfg.training.steps} steps, "
                   f"{cfg.scaling.num_workers} Ray Train workers x batch {cfg.training.batch_size}")
@@ -123,6 +124,6 @@ def _quickstart(args, console) -> int:
     console.print(f"samples: {files[1]}   likelihood plot: MLflow run {outcome.run_id}, artifact eval/likelihood.png")
     console.print(f"look at everything with:  mlflow ui --backend-store-uri {tracking_uri()}")
     if best.bits_per_dim >= baseline:
-        console.print("[red]the model did not beat the independent-pixel baseline: train longer (--steps)[/]")
+        console.print("[red]the model did not beat the independent-pixel baseline: train longer (--train-steps)[/]")
         return 1
     return 0

@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--grid", help="time grid: uniform, solver or logsnr (default: the sampler's own)")
     p.add_argument("--final", default="sample", help="sample (default: the paper's draw at t = 1) or mode (the reference code's)")
     p.add_argument("--out", default=None, help="output path without extension (default: $BFN_HOME/samples/MODEL)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the noise (default 0): the same seed, the same result")
     p.add_argument("--batch-size", type=int, default=256, help="samples drawn together (default 256)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: a GPU when there is one (default)")
