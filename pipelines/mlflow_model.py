@@ -12,6 +12,7 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 
 
@@ -27,7 +28,7 @@ class BFNSampler(mlflow.pyfunc.PythonModel):
         self.bfn.load_state_dict(load_file(context.artifacts["weights"]))
         self.bfn.eval()
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         row = model_input.iloc[0].to_dict() if hasattr(model_input, "iloc") else dict(model_input)
         row = {k: (v[0] if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in row.items()}
         n, steps, seed = int(row.get("n", 16)), int(row.get("steps", 100)), int(row.get("seed", 0))

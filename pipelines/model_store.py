@@ -35,6 +35,22 @@ def build(meta: dict, state: dict) -> BFN:
     return bfn.eval()
 
 
+def sampling_signature(data_shape) -> tuple:
+    """(signature, input example) of the logged model's `predict`: one row of sampling settings in,
+    an array of samples out; n and steps required, the rest optional."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema([ColSpec("long", "n"), ColSpec("long", "steps"), ColSpec("long", "seed", required=False),
+                     ColSpec("string", "sampler", required=False), ColSpec("string", "grid", required=False),
+                     ColSpec("string", "final", required=False)])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *data_shape))])
+    example = pd.DataFrame({"n": [4], "steps": [20], "seed": [0], "sampler": ["ode2"], "final": ["sample"]})
+    return ModelSignature(inputs=inputs, outputs=outputs), example
+
+
 def log_model(bfn: BFN, meta: dict, run_id: str, roles: tuple[str, ...] = ("final",), is_run_model: bool = True) -> str:
     """Log the weights (safetensors) and config as a pyfunc model from code; returns its model URI.
     `roles` are what these weights are, 'final' and/or 'best' (the best-validation EMA weights): the
@@ -45,6 +61,7 @@ def log_model(bfn: BFN, meta: dict, run_id: str, roles: tuple[str, ...] = ("fina
 
     client = mlflow.MlflowClient()
     before = client.get_run(run_id).info
+    signature, example = sampling_signature(tuple(meta["data_shape"]))
     with tempfile.TemporaryDirectory() as tmp:
         weights, cfg = Path(tmp) / "weights.safetensors", Path(tmp) / "config.json"
         save_file({k: v.detach().cpu().contiguous() for k, v in bfn.state_dict().items()}, str(weights))
@@ -56,6 +73,7 @@ def log_model(bfn: BFN, meta: dict, run_id: str, roles: tuple[str, ...] = ("fina
                 artifacts={"weights": str(weights), "config": str(cfg)},
                 code_paths=[str(Path(__file__).resolve().parents[1] / "bfn_core")],
                 pip_requirements=[f"torch>={torch.__version__.split('+')[0]}", "numpy", "safetensors", "mlflow"],
+                signature=signature, input_example=example,
             )
             for role in roles:
                 mlflow.set_tag(tag_model_id(role), info.model_id)

@@ -41,7 +41,7 @@ class StepKeyedOptunaSearch(OptunaSearch):
         self.max_steps = max_steps
 
     def on_trial_result(self, trial_id: str, result: Dict) -> None:
-        if isinstance(self.metric, list) or trial_id in self._completed_trials:
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or not result:
             return  # Optuna keeps no intermediate values for multi-objective studies
         if self.metric in result and STEP in result:
             trial = self._ot_trials[trial_id]
@@ -50,6 +50,8 @@ class StepKeyedOptunaSearch(OptunaSearch):
                 trial.report(float(result[self.metric]), step)
 
     def on_trial_complete(self, trial_id: str, result: Optional[Dict] = None, error: bool = False) -> None:
+        if trial_id not in self._completed_trials:
+            self.on_trial_result(trial_id, result)  # Tune hands the last result only to on_trial_complete
         stopped_early = bool(result) and not error and result.get(STEP, 0) < self.max_steps
         if trial_id in self._completed_trials or not stopped_early:
             return super().on_trial_complete(trial_id, result, error)

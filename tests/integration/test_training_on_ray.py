@@ -162,7 +162,12 @@ def test_eval_and_sample_through_the_cli(trained_run, mlflow_url, tmp_path):
     run = client.get_run(trained_run.run_id)
     assert {"test_bits_n10", "test_bits_inf", "test_bits_se_examples_inf"} <= set(run.data.metrics)
     assert {a.path for a in client.list_artifacts(trained_run.run_id, "eval")} == {
-        "eval/likelihood.json", "eval/likelihood.parquet", "eval/likelihood.png"}
+        "eval/likelihood.json", "eval/likelihood.parquet", "eval/likelihood.png", "eval/likelihood_table.json"}
+    # the table as the UI reads it (an MLflow table), and the metrics on the run's LoggedModel
+    logged = json.loads(client.get_run(trained_run.run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "eval/likelihood_table.json", "type": "table"} in logged
+    model = client.get_logged_model(run.data.tags["bfn.model_id"])
+    assert {"test_bits_inf", "test_bits_n10"} <= {m.key for m in model.metrics or []}
     out = tmp_path / "samples"
     res = _cli("sample", trained_run.run_id, "--n", "4", "--steps", "5", "--out", str(out), env_extra=env)
     assert res.returncode == 0, res.stderr
