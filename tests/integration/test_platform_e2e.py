@@ -139,6 +139,22 @@ def test_platform_end_to_end(tmp_path):
         assert shown["aliases"] == {"champion": strong}
         assert shown["history"][-1]["by"] == "e2e-tester" and len(shown["history"]) == 1
 
+        # what a person finds in the MLflow UI (headless Chromium): the champion alias on the model's
+        # page, and the likelihood table rendered as a table on the run's artifact page
+        from browser import browser, page_text
+
+        ui = env["MLFLOW_TRACKING_URI"]
+        strong_run = shown["versions"][int(strong) - 1]["run_id"]
+        import mlflow
+
+        experiment = mlflow.MlflowClient(ui).get_run(strong_run).info.experiment_id
+        with browser() as page:
+            model_page = page_text(page, f"{ui}/#/models/digits-e2e", "@ champion", f"Version {strong}")
+            assert "@ champion" in model_page and f"Version {strong}" in model_page, model_page[:2000]
+            table_page = page_text(page, f"{ui}/#/experiments/{experiment}/runs/{strong_run}/artifacts/eval/likelihood_table.json",
+                                   "bits_per_dim", "bits_se_examples")
+            assert "bits_per_dim" in table_page and "inf" in table_page, table_page[:2000]
+
         out = tmp_path / "samples"
         ok(cli("sample", "models:/digits-e2e@champion", "--n", "4", "--steps", "5", "--out", str(out), env=env))
         assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
