@@ -7,6 +7,7 @@ trials are not run again, and unfinished ones continue from their last checkpoin
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -312,7 +313,9 @@ def _print_table(table: pd.DataFrame, say) -> None:
         t.add_column(col.removeprefix("param."), overflow="fold")
     for _, row in table.iterrows():
         t.add_row(*[_fmt(v) for v in row.tolist()])
-    Console(width=max(120, len(table.columns) * 14)).print(t)
+    text = Console(file=io.StringIO(), width=max(120, len(table.columns) * 14))
+    text.print(t)
+    say(text.file.getvalue().rstrip())
 
 
 def _fmt(value: Any) -> str:

@@ -1,7 +1,7 @@
 """`bfn eval RUN_OR_MODEL_URI`: the likelihood table on the test shards, logged to the run."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import add_json, command, print_json
+from bfn_platform.commands.common import add_json, add_verbose, command, print_json
 from bfn_platform.console import console
 
 EPILOG = """examples:
@@ -44,6 +44,7 @@ def register(sub) -> None:
     q.add_argument("--n", "--n-samples", dest="n_samples", type=int, default=256, metavar="N",
                    help="samples per sampler and step count (default 256)")
     q.add_argument("--dataset", help="the data set whose quality metric applies (default: the model's training data)")
+    add_verbose(p)
     add_json(p, "the table")
     p.set_defaults(func=run)
 
@@ -51,12 +52,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from bfn_core import parse_steps
     from bfn_platform.console import progress_bar
+    from bfn_platform.live import log_path, quiet_output
     from pipelines.evaluation import evaluate
 
     if args.quality:
         return run_quality(args)
     steps = parse_steps(args.steps or "10,25,50,100,1000,inf")
-    with progress_bar() as bar:
+    with quiet_output(log_path("eval"), args.verbose) as term, progress_bar(term) as bar:
         task = bar.add_task("evaluate", total=None, info=f"steps {args.steps}, {args.repeats} repeat(s)")
         outcome = evaluate(args.model, steps=steps, repeats=args.repeats, batch_size=args.batch_size, manifest=args.data,
                            workers=args.workers, device=args.device, precision=args.precision, seed=args.seed,
@@ -74,6 +76,7 @@ def run(args) -> int:
 def run_quality(args) -> int:
     from bfn_core import parse_steps
     from bfn_platform.console import progress_bar
+    from bfn_platform.live import log_path, quiet_output
     from pipelines.errors import PipelineError
     from pipelines.sample_quality import evaluate_quality, format_points
 
@@ -81,7 +84,7 @@ def run_quality(args) -> int:
     if None in steps:
         raise PipelineError("--quality takes finite step counts (e.g. 10,20,50,100), not 'inf'")
     samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
-    with progress_bar() as bar:
+    with quiet_output(log_path("eval"), args.verbose) as term, progress_bar(term) as bar:
         task = bar.add_task("quality", total=len(samplers) * len(steps), info=f"{len(samplers)} samplers x {len(steps)} step counts")
         points, run_id, artifacts = evaluate_quality(
             args.model, samplers=samplers, steps=steps, n=args.n_samples, batch_size=args.batch_size, seed=args.seed,

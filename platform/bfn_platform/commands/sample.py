@@ -1,7 +1,7 @@
 """`bfn sample RUN_OR_MODEL_URI`: draw samples, save them as .npy and as a picture (or text)."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import command
+from bfn_platform.commands.common import add_verbose, command
 from bfn_platform.console import console
 
 EPILOG = """examples:
@@ -29,18 +29,20 @@ def register(sub) -> None:
                    help="auto: a GPU when there is one (default)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="the network's autocast; auto: bf16 on GPU, fp32 on CPU")
+    add_verbose(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from bfn_platform.console import progress_bar
+    from bfn_platform.live import log_path, quiet_output
     import re
 
     from pipelines.sampling import sample_to_files
     from pipelines.tracking import bfn_home
 
     out = args.out or str(bfn_home() / "samples" / re.sub(r"[^A-Za-z0-9_.@-]+", "_", args.model).strip("_"))
-    with progress_bar() as bar:
+    with quiet_output(log_path("sample"), args.verbose) as term, progress_bar(term) as bar:
         task = bar.add_task("sample", total=args.n, info=f"{args.n} samples, {args.sampler} x {args.steps} steps")
         files = sample_to_files(args.model, n=args.n, steps=args.steps, out=out, seed=args.seed,
                                 batch_size=args.batch_size, device=args.device, sampler=args.sampler, grid=args.grid,

@@ -3,7 +3,7 @@ or several for a Pareto front); or, for a spec with `kind: sampler`, sampler x s
 model with the Pareto front of quality against NFE. Tracked in MLflow."""
 from __future__ import annotations
 
-from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, command, overrides, print_json
+from bfn_platform.commands.common import add_json, add_overrides, add_ray_address, add_verbose, command, overrides, print_json
 from bfn_platform.console import console
 
 EPILOG = """examples:
@@ -27,6 +27,7 @@ def register(sub) -> None:
     add_overrides(p, "budget.trials=4", "spec")
     p.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep; finished trials are not run again")
     add_ray_address(p)
+    add_verbose(p)
     add_json(p, "the outcome as JSON on the last line")
     p.set_defaults(func=run)
 
@@ -41,7 +42,10 @@ def run(args) -> int:
     check_spec(spec)  # every bad value fails here, before Ray starts
     from sweeps.run import run_sweep
 
-    outcome = run_sweep(spec, resume=args.resume, ray_address=args.address, say=console.print)
+    from bfn_platform.live import log_path, quiet_output
+
+    with quiet_output(log_path("sweep"), args.verbose) as term:
+        outcome = run_sweep(spec, resume=args.resume, ray_address=args.address, say=term.print)
     console.print(f"results: {outcome.out_dir}")
     if outcome.best_config:
         console.print(f"next: bfn train {outcome.best_config}   or   bfn models register {outcome.best_run_id} --name {spec.name}")
@@ -59,7 +63,10 @@ def run_samplers(args) -> int:
     if args.resume:
         raise PipelineError("--resume is for training sweeps: a sampler sweep trains nothing, run it again")
     spec = load_sampler_spec(args.spec, overrides(args))
-    outcome = run_sampler_sweep(spec, ray_address=args.address, say=console.print)
+    from bfn_platform.live import log_path, quiet_output
+
+    with quiet_output(log_path("sweep"), args.verbose) as term:
+        outcome = run_sampler_sweep(spec, ray_address=args.address, say=term.print)
     console.print(f"results: {outcome.out_dir}")
     if args.json:
         print_json({"name": outcome.name, "parent_run_id": outcome.parent_run_id, "recommended": outcome.recommended,
