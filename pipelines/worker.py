@@ -231,10 +231,15 @@ def _log_samples(ema, cfg: ExperimentConfig, data_shape, step: int, run_id: str 
     from mlflow import MlflowClient
     from PIL import Image
 
-    # an image keyed by step: the UI shows the grids over training with a step slider
+    # an image keyed by step: the UI shows the grids over training with a step slider; text samples
+    # (sequences) stay text files, one per step
     with tempfile.TemporaryDirectory() as tmp:
-        with Image.open(sample_pictures(ema, cfg, data_shape, step, Path(tmp), accel)) as picture:
-            MlflowClient().log_image(run_id, picture.convert("RGB"), key="samples", step=step)
+        picture = sample_pictures(ema, cfg, data_shape, step, Path(tmp), accel)
+        if picture.suffix != ".png":
+            MlflowClient().log_artifact(run_id, str(picture), "samples")
+            return
+        with Image.open(picture) as image:
+            MlflowClient().log_image(run_id, image.convert("RGB"), key="samples", step=step)
 
 
 def build_training(cfg: ExperimentConfig, data_shape, accel: Acceleration):
