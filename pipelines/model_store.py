@@ -84,6 +84,26 @@ def log_model(bfn: BFN, meta: dict, run_id: str, roles: tuple[str, ...] = ("fina
     return info.model_uri
 
 
+def run_and_model(ref: str):
+    """(run, its model id) of a run id, unique id prefix or run name; a one-line error when the run is
+    unknown or has no logged model (it did not finish)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.tracking import resolve_run_id
+
+    run_id = resolve_run_id(ref)
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"unknown run {run_id}: no such run in {mlflow.get_tracking_uri()} (find runs with `bfn runs list`)") from None
+    model_id = run.data.tags.get(TAG_MODEL_ID)
+    if not model_id:
+        raise PipelineError(f"run {run_id} has no logged model (status {run.info.status}): only finished training runs have "
+                            f"one (resume it with `bfn train --resume {run_id}`)")
+    return run, model_id
+
+
 def resolve_model_uri(ref: str) -> tuple[str, str | None]:
     """A run id, runs:/RUN[/model] or models:/... -> (model URI to download, run id if known)."""
     import mlflow
@@ -103,17 +123,8 @@ def resolve_model_uri(ref: str) -> tuple[str, str | None]:
         except MlflowException as err:
             raise PipelineError(f"unknown model {ref}: {err.message.splitlines()[0]} (list them with `bfn models list`)") from None
         return f"models:/{mv.name}/{mv.version}", mv.run_id
-    from pipelines.tracking import resolve_run_id
-
-    run_id = resolve_run_id(ref[len("runs:/"):].split("/")[0] if ref.startswith("runs:/") else ref)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise PipelineError(f"unknown run {run_id}: no such run in {mlflow.get_tracking_uri()} (find runs with `bfn runs list`)") from None
-    model_id = run.data.tags.get(TAG_MODEL_ID)
-    if not model_id:
-        raise PipelineError(f"run {run_id} has no logged model (status {run.info.status}): train it to the end or resume it with `bfn train --resume {run_id}`")
-    return f"models:/{model_id}", run_id
+    run, model_id = run_and_model(ref[len("runs:/"):].split("/")[0] if ref.startswith("runs:/") else ref)
+    return f"models:/{model_id}", run.info.run_id
 
 
 def register_version(name: str, run_id: str, model_id: str, tags: dict[str, str] | None = None):

@@ -142,25 +142,15 @@ def evaluation_of(client, mv, label: str) -> Evaluation:
     return evaluation_from_run(str(mv.version), label, run.data.metrics, run.data.tags)
 
 
-def register_run(client, run_id: str, name: str):
+def register_run(run_id: str, name: str):
     """A new version of `name` (created if new) from a finished training run's model, linked to its
     run, LoggedModel and test digest."""
-    from mlflow.exceptions import MlflowException
+    from pipelines.model_store import register_version, run_and_model
+    from pipelines.names import TAG_REGISTERED_RUN
 
-    from pipelines.model_store import register_version
-    from pipelines.names import TAG_MODEL_ID, TAG_REGISTERED_RUN
-    from pipelines.tracking import resolve_run_id
-
-    run_id = resolve_run_id(run_id)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise BfnError(f"unknown run {run_id}: no such run (find runs with `bfn runs list`)") from None
-    model_id = run.data.tags.get(TAG_MODEL_ID)
-    if not model_id:
-        raise BfnError(f"run {run_id} has no logged model (status {run.info.status}): only finished training runs "
-                       f"can be registered (resume it with `bfn train --resume {run_id}`)")
-    return register_version(name, run_id, model_id, {TAG_REGISTERED_RUN: run_id, TAG_TEST_SHA: run.data.tags.get(TAG_TEST_SHA, "")})
+    run, model_id = run_and_model(run_id)
+    return register_version(name, run.info.run_id, model_id,
+                            {TAG_REGISTERED_RUN: run.info.run_id, TAG_TEST_SHA: run.data.tags.get(TAG_TEST_SHA, "")})
 
 
 UNGUARDED_BY = "unknown (outside bfn: the MLflow UI's alias editor or the API)"

@@ -92,7 +92,8 @@ def run_register(args) -> int:
     from bfn_platform.console import console
     from bfn_platform.promotion import register_run
 
-    mv = register_run(_client(), args.run, args.name)
+    _client()  # the tracking store, checked
+    mv = register_run(args.run, args.name)
     model_id = mv.source.removeprefix("models:/")
     if args.json:
         print_json({"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, "model_id": model_id})

@@ -47,7 +47,7 @@ def _register_and_promote(run_id: str, console) -> dict:
     from bfn_platform.promotion import promote, register_run
 
     client = mlflow.MlflowClient()
-    mv = register_run(client, run_id, MODEL_NAME)
+    mv = register_run(run_id, MODEL_NAME)
     version = str(mv.version)
     try:
         result = promote(client, MODEL_NAME, version)
