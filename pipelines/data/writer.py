@@ -1,17 +1,20 @@
 """Write one split of a data set as webdataset tar shards plus a manifest, locally or on S3.
 
-Layout: ``OUT/SPLIT/SPLIT-000000.tar``, ``OUT/SPLIT/SPLIT-000001.tar``, ... and
-``OUT/SPLIT/manifest.json``.  The order of operations is what makes it safe:
+Layout: ``OUT/SPLIT/SPLIT-000000-<sha8>.tar``, ``OUT/SPLIT/SPLIT-000001-<sha8>.tar``, ... and
+``OUT/SPLIT/manifest.json``. A shard's name carries the first 8 hex digits of its sha256, so a new
+write never overwrites a shard of the set already there with different bytes. The order of
+operations is what makes a rewrite safe:
 
 1. check that OUT can be written (a clear error before any download or work);
-2. delete an existing manifest, so from now on no reader trusts the old shard set;
-3. write each shard whole (temporary name then rename locally; one PUT on S3);
-4. write the manifest last, atomically;
-5. delete stale shards a previous, larger write left behind.
+2. load the source and write each shard whole (temporary name then rename locally; one PUT on S3)
+   beside the existing set, which stays complete and readable all along;
+3. write the manifest last, atomically (rename locally, one PUT on S3): the commit;
+4. delete the shards the new manifest does not list (the previous set's), best effort.
 
-An exception anywhere before step 4 leaves no manifest (and the shards of this run are removed on a
-best-effort basis).  The bytes of every shard are a function of the source and ``seed`` only (fixed
-tar metadata, seeded sample order), so two writes with the same seed have the same sha256s.
+An exception anywhere before step 3 leaves the previous manifest and its shards as they were, and
+removes this attempt's own shards (best effort; unlisted shards are invisible to readers anyway).
+The bytes of every shard are a function of the source and ``seed`` only (fixed tar metadata,
+seeded sample order), so two writes with the same seed have the same names and sha256s.
 """
 from __future__ import annotations
 
@@ -36,8 +39,8 @@ ShardProgressFn = Callable[[int, int, str], None]  # (samples written, samples i
 DownloadProgressFn = Callable[[int, "int | None"], None]
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
+def shard_name(split: str, index: int, sha256: str) -> str:
+    return f"{split}-{index:06d}-{sha256[:8]}.tar"
 
 
 def _version(package: str) -> str:
@@ -86,7 +89,7 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
     manifest_url = storage.join(split_url, MANIFEST_NAME)
 
     storage.check_writable(split_url)
-    storage.delete(manifest_url)
+    kept = _listed_shards(manifest_url)  # the set already there: never touched by a failed attempt
 
     loaded = source.load(split, source_dir=source_dir, seed=seed, on_progress=on_download)
     data, field = loaded.data, loaded.field
@@ -104,12 +107,14 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
     try:
         for index, start in enumerate(range(0, total, shard_size)):
             chunk = order[start:start + shard_size]
-            name = shard_name(split, index)
             payload = _tar_bytes([f"{int(i):0{width}d}" for i in chunk], member, [field.encode(data[i]) for i in chunk])
+            sha = hashlib.sha256(payload).hexdigest()
+            name = shard_name(split, index, sha)
             url = storage.join(split_url, name)
             storage.write_bytes(url, payload, durable=True)
-            written.append(url)
-            shards.append(ShardInfo(name, len(chunk), hashlib.sha256(payload).hexdigest(), len(payload)))
+            if name not in kept:
+                written.append(url)
+            shards.append(ShardInfo(name, len(chunk), sha, len(payload)))
             if on_progress is not None:
                 on_progress(start + len(chunk), total, name)
         manifest = Manifest(
@@ -125,7 +130,7 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
         )
         write_manifest(manifest, manifest_url)
     except BaseException:
-        for url in written:  # best effort: the missing manifest already makes them invisible
+        for url in written:  # this attempt's own shards, best effort: no manifest lists them
             try:
                 storage.delete(url)
             except Exception:
@@ -135,8 +140,18 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
     return manifest
 
 
+def _listed_shards(manifest_url: str) -> set[str]:
+    """Names of the shards an existing manifest lists (none when there is none or it is unreadable)."""
+    from pipelines.data.manifest import load_manifest
+
+    try:
+        return {s.name for s in load_manifest(manifest_url).shards}
+    except Exception:  # no set there yet, or a damaged manifest: nothing to keep
+        return set()
+
+
 def _delete_stale_shards(split_url: str, split: str, keep: set[str]) -> None:
-    pattern = re.compile(rf"^{re.escape(split)}-\d{{6}}\.tar$")
+    pattern = re.compile(rf"^{re.escape(split)}-\d{{6}}(-[0-9a-f]{{8}})?\.tar$")
     try:
         for name in storage.list_names(split_url):
             if pattern.match(name) and name not in keep:

@@ -10,7 +10,7 @@ from pipelines.data import storage
 from pipelines.data.manifest import load_manifest
 from pipelines.data.reader import ShardSkippedWarning, make_loader, shard_dataset
 from pipelines.data.writer import write_shards
-from pipelines.errors import ManifestError, ShardError
+from pipelines.errors import PipelineError, ShardError
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def test_skip_mode_counts_skipped_shards_and_keeps_batch_counts_equal(digits):
         for b in batches:
             real += [k for k, p in zip(b["__key__"], b["pad"].tolist()) if not p]
             pads += int(b["pad"].sum())
-    assert skipped == {"test-000003.tar", "test-000006.tar"}
+    assert skipped == {digits.shards[3].name, digits.shards[6].name}
     intact = {k for i, keys in original.items() if i not in (3, 6) for k in keys}
     assert intact <= set(real) and len(real) == len(set(real))  # intact samples once each, no duplicates
     assert not set(real) & set(original[6])
@@ -100,13 +100,23 @@ def test_skip_mode_counts_skipped_shards_and_keeps_batch_counts_equal(digits):
 def test_skip_mode_warns_in_the_main_process(digits):
     storage.delete(digits.shard_url(0))
     ds = shard_dataset(digits.url, rank=0, world_size=1, on_corrupt="skip", shuffle=False)
-    with pytest.warns(ShardSkippedWarning, match=r"skipping shard .*test-000000\.tar of .*manifest\.json: it is missing"):
+    with pytest.warns(ShardSkippedWarning, match=r"skipping shard .*test-000000-[0-9a-f]{8}\.tar of .*manifest\.json: it is missing"):
         items = list(ds)
     assert len(items) == 297 and sum(it["pad"] for it in items) == 40
-    assert ds.skipped_shards == ["test-000000.tar"]
+    assert ds.skipped_shards == [digits.shards[0].name]
 
 
-def test_interrupted_write_leaves_no_manifest(storage_root, monkeypatch):
+def _intact(manifest) -> None:
+    """The set a manifest lists is all there, byte for byte."""
+    import hashlib
+
+    again = load_manifest(manifest.url)
+    assert [s.name for s in again.shards] == [s.name for s in manifest.shards]
+    for i, shard in enumerate(again.shards):
+        assert hashlib.sha256(storage.read_bytes(again.shard_url(i))).hexdigest() == shard.sha256
+
+
+def test_a_failed_rewrite_leaves_the_good_set_readable(storage_root, monkeypatch):
     first = write_shards("digits", "test", storage_root, shard_size=40, seed=0)
     calls = {"n": 0}
     real_write = storage.write_bytes
@@ -121,11 +131,18 @@ def test_interrupted_write_leaves_no_manifest(storage_root, monkeypatch):
     with pytest.raises(RuntimeError, match="mid-write"):
         write_shards("digits", "test", storage_root, shard_size=40, seed=1)
     monkeypatch.setattr(storage, "write_bytes", real_write)
-    assert not storage.exists(first.url)  # the old manifest went first, the new one never came
-    with pytest.raises(ManifestError, match="no manifest at"):
-        load_manifest(first.url)
+    _intact(first)  # the old manifest and every shard it lists, untouched
     leftovers = storage.list_names(storage.parent(first.url))
-    assert not any(name.endswith(".tmp") for name in leftovers)
+    assert sorted(leftovers) == sorted(["manifest.json"] + [s.name for s in first.shards])  # the attempt's own shards went
+
+    # a source that fails to load (a bad --source-dir, a failed download) touches nothing either
+    from pipelines.data.sources import get_source
+
+    source = get_source("digits")
+    monkeypatch.setattr(source, "load", lambda *a, **k: (_ for _ in ()).throw(PipelineError("source files not found")))
+    with pytest.raises(PipelineError, match="not found"):
+        write_shards(source, "test", storage_root, shard_size=40, seed=2)
+    _intact(first)
 
 
 def test_rewrite_with_fewer_shards_removes_stale_ones(storage_root):

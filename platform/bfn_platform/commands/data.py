@@ -12,8 +12,9 @@ SHARD_EPILOG = """examples:
   bfn data shard cifar10 --split train --out /data/cifar10 --source-dir ~/Downloads
   bfn data shard synthetic-mixture --split train --out file:///tmp/mix --seed 3
 
-Shards go to OUT/SPLIT/SPLIT-000000.tar, ... and the manifest, written last, to
-OUT/SPLIT/manifest.json: pass that URL to training, evaluation and `bfn data inspect`.
+Shards go to OUT/SPLIT/SPLIT-000000-<sha8>.tar, ... and the manifest, written last, to
+OUT/SPLIT/manifest.json: pass that URL to training, evaluation and `bfn data inspect`. A rewrite
+that fails leaves the set already there complete and readable.
 
 S3 uses the standard AWS environment variables: AWS_ENDPOINT_URL (for an S3-compatible
 server), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION (or AWS_PROFILE).
