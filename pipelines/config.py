@@ -235,7 +235,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise PipelineError(f"--set {key.strip()}: {value!r} is not a YAML value ({str(err).splitlines()[0]})") from None
+            raise PipelineError(f"--set {key.strip()}: {value!r} is not a YAML value ({yaml_problem(err)})") from None
     return out
 
 
@@ -253,6 +253,16 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any]) -> dict:
     return raw
 
 
+def yaml_problem(err: "yaml.YAMLError") -> str:
+    """What is wrong and where, one line: 'line 4, column 9: mapping values are not allowed here'."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    if mark is None:
+        return problem
+    context = getattr(err, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> dict:
     """A YAML file holding a mapping (a config, a sweep spec), or a one-line error saying what is wrong."""
     path = Path(path)
@@ -261,7 +271,7 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise PipelineError(f"{what} {path} is not valid YAML: {err}".splitlines()[0]) from None
+        raise PipelineError(f"{what} {path} is not valid YAML: {yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise PipelineError(f"{what} {path} must hold a mapping of sections (data, model, training, ...)")
     return raw

@@ -205,22 +205,53 @@ def train(cfg: ExperimentConfig | None, *, resume_run: str | None = None, ray_ad
 
     if on_start:
         on_start(run_id, prep.cfg)
+    previous_handler = None
+    _STOPPED_BY.clear()
     try:
         init_ray(ray_address, num_cpus=num_cpus, env={ENV_MLFLOW_TRACKING_URI: uri})
+        previous_handler = _stop_on_sigterm()  # after Ray's driver set its own (a plain exit)
         with ProgressReceiver(on_progress) if on_progress else nullcontext() as receiver:
             trainer = make_trainer(prep, run_id=run_id, tracking_uri=uri, name=ray_name,
                                    progress_queue=receiver.queue if receiver else None)
             result = trainer.fit()
         model_uri, ckpt_path = log_run_models(result, run_id, prep.cfg.training.run_model)
     except BaseException as err:
-        message = failure_message(err)
+        message = f"stopped by {_STOPPED_BY[0]}" if _STOPPED_BY else failure_message(err)
         client.set_tag(run_id, TAG_ERROR, message[:4000])
         client.set_terminated(run_id, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if isinstance(err, (KeyboardInterrupt, PipelineError)):
             raise
         raise PipelineError(f"training run {run_id} failed: {message} (resume with `bfn train --resume {run_id}`)") from err
+    finally:
+        _restore_sigterm(previous_handler)
     client.set_terminated(run_id, status="FINISHED")
     return TrainOutcome(run_id, model_uri, ckpt_path, dict(result.metrics or {}))
+
+
+_STOPPED_BY: list[str] = []  # the signal that stopped training, once one has
+
+
+def _stop_on_sigterm():
+    """SIGTERM (a scheduler, `kill`, `bfn jobs stop`) ends training like Ctrl-C: the run is marked
+    KILLED instead of being left RUNNING by a process that died without a word. Only the main
+    thread can take signals; elsewhere (a notebook's worker thread) nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum, frame):
+            _STOPPED_BY[:] = [signal.Signals(signum).name]  # Ray may re-raise a bare KeyboardInterrupt
+            raise KeyboardInterrupt(f"stopped by {_STOPPED_BY[0]}")
+
+        return signal.signal(signal.SIGTERM, stop)
+    return None
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def failure_message(err: BaseException) -> str:

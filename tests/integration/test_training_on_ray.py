@@ -227,3 +227,38 @@ def test_corrupted_checkpoint_is_named(trained_run, tmp_path):
     res = _cli("sample", str(ckpt), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s"))
     _one_line_error(res, "checkpoint file", "ema.pt", "corrupt")
     assert not (tmp_path / "s.npy").exists()
+
+
+def test_sigterm_marks_the_run_killed(ray_two_nodes, mlflow_url, digits_shards, tmp_path):
+    """A scheduler's SIGTERM ends `bfn train` like Ctrl-C: the run is KILLED (not left RUNNING) and says why."""
+    import signal
+    import time
+
+    import mlflow
+
+    sets = {"data.train": digits_shards / "train" / "manifest.json", "data.val": digits_shards / "val" / "manifest.json",
+            "data.test": digits_shards / "test" / "manifest.json", "training.steps": 100000, "training.log_every": 5, "training.val_every": 100000,
+            "training.checkpoint_every": 100000, "scaling.num_workers": 1, "storage.path": tmp_path / "ray_results",
+            "model.width": 16, "tracking.experiment": "sigterm-it"}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    env = dict(os.environ, RAY_ADDRESS=ray_two_nodes.address, MLFLOW_TRACKING_URI=mlflow_url, BFN_HOME=str(tmp_path / ".bfn"))
+    proc = subprocess.Popen([sys.executable, "-m", "bfn_platform.cli", "train", str(CONFIG), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = mlflow.MlflowClient(mlflow_url)
+    run, deadline = None, time.time() + 240
+    try:
+        while run is None and time.time() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name("sigterm-it")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            run = runs[0] if runs and runs[0].info.status == "RUNNING" else None
+            time.sleep(1)
+        assert run is not None, proc.communicate(timeout=5)
+        time.sleep(20)  # Ray Train starts its worker and trains: the signal comes mid-run
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    final = client.get_run(run.info.run_id)
+    assert proc.returncode != 0 and final.info.status == "KILLED", (final.info.status, err[-2000:])
+    assert "SIGTERM" in final.data.tags.get("bfn.error", ""), final.data.tags

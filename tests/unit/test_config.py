@@ -60,6 +60,10 @@ def test_overrides_and_file_errors(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(PipelineError, match="not valid YAML"):
         load_config(bad)
+    bad.write_text("data:\n  train: x\n  kind: [discretised\nmodel: {a: 1}\n")
+    with pytest.raises(PipelineError, match=r"line 4, column 6: expected ',' or '\]'") as err:
+        load_config(bad)
+    assert "\n" not in str(err.value)  # one line
 
 
 def test_the_batch_is_global_and_the_rest_is_accumulation():
