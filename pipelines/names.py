@@ -128,4 +128,5 @@ CONNECTING_ENV_VARS = RAY_CLIENT_ENV_VARS + SERVICE_ENV_VARS
 # region's other spelling, local state and the promoting user.
 # The S3 tuning variables travel too: workers must reach the same endpoint with the same retries.
 WORKER_ENV_VARS = SERVICE_ENV_VARS + (ENV_AWS_REGION, ENV_AWS_SESSION_TOKEN, ENV_AWS_ENDPOINT_URL_S3, ENV_AWS_MAX_ATTEMPTS,
-                                      ENV_S3_CONNECT_TIMEOUT, ENV_BFN_HOME, ENV_BFN_USER)
+                                      ENV_S3_CONNECT_TIMEOUT, ENV_BFN_HOME, ENV_BFN_USER, "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")

@@ -58,10 +58,20 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     )
 
 
+# MLflow's own HTTP defaults retry for minutes (7 retries, backoff factor 2, 120 s timeout): a
+# tracking server outage then stalls every worker. These bound one request to about half a minute;
+# each can be set in the environment, and the values travel to Ray workers (names.WORKER_ENV_VARS).
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 def setup_mlflow() -> str:
-    """Point the MLflow client at the configured store (checked) and return the URI."""
+    """Point the MLflow client at the configured store (checked) and return the URI; bounded HTTP
+    retries and timeouts unless the environment sets its own."""
     import mlflow
 
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     uri = tracking_uri()
     check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class MetricBuffer:
     """
 
     def __init__(self, run_id: str | None):
-        self.run_id, self.pending, self.last_checkpoint = run_id, [], None
+        self.run_id, self.pending, self.last_checkpoint, self.unsent_warned = run_id, [], None, False
 
     def add(self, step: int, **values: float) -> None:
         if self.run_id is None:
@@ -92,14 +93,26 @@ class MetricBuffer:
         self._send(lambda m: True)
 
     def _send(self, covered) -> None:
+        """Send the covered metrics; while the tracking server is unreachable they stay pending (and so
+        travel in the next checkpoint and go out with the next send): no hole in the history, and
+        training goes on (MLflow's retries are bounded by tracking.MLFLOW_HTTP_DEFAULTS)."""
         if self.run_id is None:
             return
         batch = [m for m in self.pending if covered(m)]
-        self.pending = [m for m in self.pending if not covered(m)]
-        if batch:
-            from mlflow import MlflowClient
+        if not batch:
+            return
+        from mlflow import MlflowClient
 
+        try:
             _log(MlflowClient(), self.run_id, batch)
+        except Exception as err:  # the server is down or refusing: keep them for the next send
+            if not self.unsent_warned:
+                warnings.warn(f"MLflow did not take {len(batch)} metrics of run {self.run_id} ({type(err).__name__}); "
+                              "they are kept and sent with the next checkpoint", stacklevel=2)
+                self.unsent_warned = True
+            return
+        sent = {id(m) for m in batch}
+        self.pending = [m for m in self.pending if id(m) not in sent]
 
 
 def log_missing_metrics(run_id: str, rows: list[dict]) -> None:

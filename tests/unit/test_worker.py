@@ -85,3 +85,35 @@ def test_weight_decay_on_weights_spares_biases_norms_and_embeddings():
     assert decayed | spared == set(map(id, bfn.parameters()))
     all_cfg = _cfg(**{"optimizer.weight_decay": 0.01})
     assert len(make_optimizer(make_bfn(data_shape=(4,), **all_cfg.bfn_kwargs()), all_cfg).param_groups) == 1
+
+
+def test_metrics_survive_a_tracking_server_outage(monkeypatch):
+    """While MLflow refuses them, metrics stay pending (and go into checkpoints); they are sent, in
+    full, once it answers again: no hole in the history, and training is not stopped."""
+    import pipelines.worker as worker
+
+    sent, down = [], {"now": True}
+
+    def log(client, run_id, metrics):
+        if down["now"]:
+            raise ConnectionError("tracking server unreachable")
+        sent.extend(metrics)
+
+    monkeypatch.setattr(worker, "_log", log)
+    monkeypatch.setattr("mlflow.MlflowClient", lambda *a, **k: None)
+    buffer = worker.MetricBuffer("run-1")
+    for step in range(1, 31):
+        buffer.add(step, loss=1.0 / step)
+        if step % 10 == 0:
+            with pytest.warns(UserWarning, match="kept and sent with the next checkpoint") if step == 20 else _no_warning():
+                buffer.checkpoint_reported(step)
+    assert not sent and [m.step for m in buffer.pending] == list(range(1, 31))
+    down["now"] = False
+    buffer.flush()
+    assert [m.step for m in sent] == list(range(1, 31)) and not buffer.pending
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
