@@ -140,3 +140,28 @@ class BlockReader:
                 yield keys, np.stack(rows)
             if n < end:
                 raise CorruptShard(f"it holds {n} samples, the manifest lists {info.num_samples}")
+
+
+def verify_shards(manifest: Manifest, on_shard=None) -> int:
+    """Check every shard of ``manifest`` against its sha256 and size, hashing as the bytes stream in
+    (one read per shard, never held whole); raise ShardError naming the first bad one. Returns the
+    number checked. ``on_shard(i, name)`` is told of each shard as it is done."""
+    from pipelines.errors import ShardError
+
+    for i, info in enumerate(manifest.shards):
+        url = manifest.shard_url(info)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with closing(storage.open_read(url)) as stream:
+                for chunk in iter(lambda: stream.read(READ_BLOCK_BYTES), b""):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise ShardError(url, manifest.url, "it is missing") from None
+        if size != info.bytes:
+            raise ShardError(url, manifest.url, f"it holds {size} bytes, the manifest says {info.bytes} (truncated or replaced)")
+        if digest.hexdigest() != info.sha256:
+            raise ShardError(url, manifest.url, f"sha256 {digest.hexdigest()} differs from the manifest's {info.sha256}")
+        if on_shard is not None:
+            on_shard(i, info.name)
+    return len(manifest.shards)

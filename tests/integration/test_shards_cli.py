@@ -31,11 +31,21 @@ def test_shard_then_inspect_an_image_set(bfn, storage_root, tmp_path):
     manifest_url = f"{storage_root}/test/manifest.json"
     assert f"manifest: {manifest_url}" in out
     picture = tmp_path / "grid.png"
-    code, out, err = bfn("data", "inspect", f"{storage_root}/test", "--picture", str(picture), "--n", "16",
-                         "--verify")
+    code, out, err = bfn("data", "inspect", f"{storage_root}/test", "--picture", str(picture), "--n", "16")
     assert code == 0, err
     assert "digits / test" in out and "297 in 3 shards" in out and "discretised K=17" in out
+    assert "all 3 match their sha256 and size" in out  # every shard checked, by default
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a truncated shard (its first records intact) fails inspect, naming the shard and the manifest
+    from pipelines.data import storage
+    from pipelines.data.manifest import load_manifest
+
+    m = load_manifest(manifest_url)
+    last = m.shard_url(len(m.shards) - 1)
+    storage.write_bytes(last, storage.read_bytes(last)[:4096])
+    code, out, err = bfn("data", "inspect", manifest_url, "--picture", str(picture))
+    assert_one_line_error(code, err, m.shards[-1].name, "manifest.json", "truncated")
 
 
 def test_inspect_prints_sequences_as_text(bfn, tmp_path):
