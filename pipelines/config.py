@@ -30,6 +30,9 @@ class DataConfig(_Strict):
         "DataLoader worker processes per training worker: they read and decode the shards off the training thread"))
     prefetch_batches: int = Field(2, ge=1, description="micro-batches each loader worker keeps ready ahead of the step")
     shuffle_buffer: int = Field(1000, ge=1)
+    verify_sha256: bool = Field(True, description=(
+        "check every shard read against the manifest's sha256 (each piece reads its shard whole and parses "
+        "those bytes: no second read); a tampered shard ends training with an error naming it"))
 
 
 class MLPConfig(_Strict):

@@ -62,7 +62,8 @@ def _share(bfn, config: dict, manifest: str, steps, repeats: int, batch_size: in
 
     data = config["data"]
     batches = evaluation_batches(manifest, batch_size=batch_size, rank=rank, world_size=world, data_kind=data["kind"],
-                                 num_classes=data.get("num_classes"), device=device, seed=seed)
+                                 num_classes=data.get("num_classes"), device=device, seed=seed,
+                                 verify_sha256=data.get("verify_sha256", True))
     accel = Acceleration.resolve(device, precision, config.get("training", {}).get("compile", "auto"))
     configure_backends(device)
     bfn = accel.prepare(bfn.eval())

@@ -152,7 +152,7 @@ def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int,
                                     num_workers=cfg.data.loader_workers, data_kind=cfg.data.kind,
                                     num_classes=cfg.data.num_classes, seed=cfg.training.seed,
                                     shuffle_buffer=cfg.data.shuffle_buffer, pin_memory=device.type == "cuda",
-                                    prefetch_factor=cfg.data.prefetch_batches)
+                                    prefetch_factor=cfg.data.prefetch_batches, verify_sha256=cfg.data.verify_sha256)
     skip = start_step * cfg.accumulation_steps
     epoch, skip = skip // per_epoch, skip % per_epoch  # straight to the checkpoint's epoch
 
@@ -208,7 +208,7 @@ def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, devic
     steps = list(t.val_steps)
     batches = evaluation_batches(cfg.data.val, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
                                  data_kind=cfg.data.kind, num_classes=cfg.data.num_classes, device=device,
-                                 seed=t.seed, max_batches=t.val_batches)
+                                 seed=t.seed, max_batches=t.val_batches, verify_sha256=cfg.data.verify_sha256)
     with (accel or Acceleration.resolve(device, t.precision, "off")).autocast():
         acc = accumulate_likelihood(ema, batches, LikelihoodAccumulator(steps, n_repeats=t.val_repeats))
     table = acc.all_reduce(device).table()

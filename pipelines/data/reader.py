@@ -316,13 +316,14 @@ def make_loader(manifest_url: str | Manifest, *, batch_size: int, rank: int, wor
 
 def evaluation_batches(manifest_url: str | Manifest, *, batch_size: int, rank: int, world_size: int,
                        data_kind: str | None, num_classes: int | None, device: torch.device, seed: int = 0,
-                       max_batches: int | None = None) -> Iterator[torch.Tensor]:
+                       max_batches: int | None = None, verify_sha256: bool = True) -> Iterator[torch.Tensor]:
     """This rank's share of a shard set for evaluation, in manifest order, on `device`: padding rows
     dropped, so across ranks every example counts exactly once (at most `max_batches` batches). `seed`
-    drives stochastic reads (dynamic binarisation)."""
+    drives stochastic reads (dynamic binarisation); shards are checked against their sha256 unless
+    `verify_sha256` is off."""
     loader, _ = make_loader(manifest_url, batch_size=batch_size, rank=rank, world_size=world_size, num_workers=0,
                             data_kind=data_kind, num_classes=num_classes, seed=seed, shuffle=False, shuffle_buffer=0,
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda", verify_sha256=verify_sha256)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break

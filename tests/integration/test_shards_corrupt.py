@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,31 @@ def test_rewrite_with_fewer_shards_removes_stale_ones(storage_root):
     write_shards("digits", "test", storage_root, shard_size=40, seed=0)
     m = write_shards("digits", "test", storage_root, shard_size=100, seed=0)
     assert storage.list_names(storage.parent(m.url)) == ["manifest.json"] + [s.name for s in m.shards]
+
+
+def test_training_and_evaluation_refuse_a_tampered_shard(digits):
+    """A changed byte that stays in range (grey level 3 -> 4) passes every structural check; only the
+    sha256 catches it, and training and evaluation check it by default."""
+    import torch
+
+    from pipelines.config import load_config
+    from pipelines.data.reader import evaluation_batches
+    from pipelines.worker import train_batches
+
+    url = digits.shard_url(1)
+    data = bytearray(storage.read_bytes(url))
+    offset = next(i for i in range(512, 512 + 64) if data[i] < 16)  # a pixel of the first sample below the top level
+    data[offset] += 1
+    storage.write_bytes(url, bytes(data))
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "digits_discretised.yaml",
+                      {"data.train": digits.url, "data.val": digits.url, "data.loader_workers": 0,
+                       "training.batch_size": 40})
+    with pytest.raises(ShardError, match=rf"{digits.shards[1].name}.*sha256 [0-9a-f]{{64}} differs"):
+        for _ in range(10):
+            next(train_batches(cfg, 0, 1, 0, torch.device("cpu")))
+    with pytest.raises(ShardError, match="differs from the manifest's"):
+        list(evaluation_batches(digits.url, batch_size=40, rank=0, world_size=1, data_kind="discretised",
+                                num_classes=17, device=torch.device("cpu")))
+    # switched off, the altered sample is read as it is (the structural checks cannot see it)
+    assert len(list(evaluation_batches(digits.url, batch_size=40, rank=0, world_size=1, data_kind="discretised",
+                                       num_classes=17, device=torch.device("cpu"), verify_sha256=False))) == 8
