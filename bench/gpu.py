@@ -18,7 +18,7 @@ Targets: (c)/(a) >= 2.5 on CIFAR-10, Ray Train >= 0.95 x the plain loop, loader 
 A measurement that fails (out of memory, say) is a row with its error; the others still run.
 `--smoke` runs every path at toy sizes on the CPU, compiling with the aot_eager backend (inductor's
 C++ build alone takes a minute there), so that a test keeps this script working between GPU runs.
-Run: ``python bench/gpu.py [--smoke] [--out gpu_bench.json]``.
+Run: ``python bench/gpu.py [--smoke] [--out FILE]`` (default ``$BFN_HOME/bench/gpu_bench.json``).
 """
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def verdict(value: float | None, target: float) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="every path at toy sizes on the CPU (a test runs this)")
-    parser.add_argument("--out", default="gpu_bench.json", help="the JSON file of all figures (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="the JSON file of all figures (default: $BFN_HOME/bench/gpu_bench.json)")
     parser.add_argument("--steps", type=int, help="timed optimisation steps per measurement (default 20; smoke 2)")
     parser.add_argument("--cifar-batch", type=int, help="per-GPU batch of the CIFAR-10 network (default 128)")
     parser.add_argument("--mnist-batch", type=int, help="per-GPU batch of the MNIST network (default 128)")
@@ -329,8 +329,12 @@ def main(argv=None) -> dict:
         print(step_row("(a) eager fp32", results[f"{key}/a_eager_fp32"], unit, scale))
         print(step_row("(c) bf16 + torch.compile", results[f"{key}/c_bf16_compile"], unit, scale))
         print(f"  (c)/(a) {fmt(ratio(results, f'{key}/c_bf16_compile', f'{key}/a_eager_fp32'), '.2f')}")
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    from pipelines.tracking import bfn_home
+
+    out = Path(args.out) if args.out else bfn_home() / "bench" / "gpu_bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
     return results
 
 
