@@ -64,6 +64,7 @@ CLI_TARGET = "bfn_platform.cli:main"
 RAY_GCS_PORT = 6379          # `ray start --head --port`; workers join HEAD:6379
 RAY_DASHBOARD_PORT = 8265    # dashboard and Jobs API: `bfn submit --address http://HEAD:8265`
 RAY_CLIENT_PORT = 10001      # Ray Client (ray://HEAD:10001)
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default range for its worker processes: no service may sit in it
 MLFLOW_PORT = 5000           # MLflow tracking server (REST API, UI, proxied artifacts)
 S3_PORT = 9000               # the local S3-compatible server of `bfn stack up`
 POSTGRES_PORT = 5432         # MLflow's backend store on a cluster

@@ -24,7 +24,7 @@ NODE_OBJECT_STORE_BYTES = 300_000_000  # small object stores: the local stack sh
 
 
 def parse_ports(text: str | None) -> dict[str, int]:
-    """'ray=16379,mlflow=15000' -> {'ray': 16379, 'mlflow': 15000} (names from DEFAULT_PORTS)."""
+    """'ray=26379,mlflow=25000' -> {'ray': 26379, 'mlflow': 25000} (names from DEFAULT_PORTS; none in Ray's worker range)."""
     out: dict[str, int] = {}
     for part in (text or "").split(","):
         part = part.strip()
@@ -40,6 +40,10 @@ def parse_ports(text: str | None) -> dict[str, int]:
             port = -1
         if not 1 <= port <= 65535:
             raise BfnError(f"bad port {value!r} for {name} in --ports: an integer 1..65535")
+        low, high = S.RAY_WORKER_PORTS
+        if low <= port <= high:
+            raise BfnError(f"port {port} for {name} in --ports lies in Ray's worker port range {low}-{high}, where Ray's "
+                           f"own workers would take it: pick a port outside it (e.g. {port - low + 20000 if port - low + 20000 < 65536 else 6380})")
         out[name] = port
     if len(set(out.values())) != len(out):
         raise BfnError(f"--ports gives two services the same port: {text}")

@@ -152,10 +152,12 @@ def test_parse_ports():
     from bfn_platform.stack_state import DEFAULT_PORTS, parse_ports
 
     assert parse_ports(None) == {}
-    assert parse_ports("ray=16379, mlflow=15000") == {"ray": 16379, "mlflow": 15000}
+    assert parse_ports("ray=26379, mlflow=25000") == {"ray": 26379, "mlflow": 25000}
     for bad in ("ray", "gpu=1", "ray=0", "ray=x", "ray=7000,s3=7000"):
         with pytest.raises(BfnError):
             parse_ports(bad)
+    with pytest.raises(BfnError, match="16379 for ray in --ports lies in Ray's worker port range 10002-19999"):
+        parse_ports("ray=16379")  # the form the help used to show: Ray's workers would take it
     assert set(DEFAULT_PORTS) == {"ray", "dashboard", "client", "mlflow", "s3"}
 
 

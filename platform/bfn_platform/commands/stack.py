@@ -17,7 +17,7 @@ EPILOG = """examples:
   bfn stack up                                  # default ports: Ray 6379, dashboard 8265, MLflow 5000, S3 9000
   source .bfn/stack.env                         # point this shell at the stack
   bfn stack status --json
-  bfn stack up --ports ray=16379,dashboard=18265,client=20001,mlflow=15000,s3=19000 --home /tmp/bfn2
+  bfn stack up --ports ray=26379,dashboard=28265,client=20001,mlflow=25000,s3=29000 --home /tmp/bfn2   # outside 10002-19999
   bfn stack down
 
 Data kept in the stack survives `down` / `up`: MLflow's store and artifacts live on disk under
