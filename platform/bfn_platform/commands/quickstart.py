@@ -122,7 +122,7 @@ def _quickstart(args, console) -> int:
     summary["registered"] = champion
     (home / "quickstart" / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(f"samples: {files[1]}   likelihood plot: MLflow run {outcome.run_id}, artifact eval/likelihood.png")
-    console.print(f"look at everything with:  mlflow ui --backend-store-uri {tracking_uri()}")
+    console.print(f"look at everything with:  bfn ui   (the MLflow UI on {tracking_uri()}; @champion is {MODEL_NAME})")
     if best.bits_per_dim >= baseline:
         console.print("[red]the model did not beat the independent-pixel baseline: train longer (--train-steps)[/]")
         return 1
