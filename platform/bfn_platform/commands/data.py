@@ -67,8 +67,9 @@ def register(sub) -> None:
     p.add_argument("--data-kind", choices=("continuous", "discretised", "discrete"), default=None,
                    help="read as this data kind instead of the manifest's default")
     p.add_argument("--num-classes", type=int, default=None, metavar="K", help="K for --data-kind")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the check of every shard against its sha256 and size (on by default)")
+    p.add_argument("--verify", dest="verify", action="store_true", default=True,
+                   help="check every shard against its sha256 and size (the default)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip that check")
     p.set_defaults(func=run_inspect)
 
 
