@@ -87,9 +87,11 @@ def ray_cluster(num_nodes: int = 2, cpus_per_node: int = 2):
 
         # Bounded: a hung ray.shutdown() once held a whole CI run for 15 minutes at the session's end;
         # stopping the cluster's processes is what frees it.
-        if ray.is_initialized() and not shutdown_ray(15):
+        disconnected = not ray.is_initialized() or shutdown_ray(15)
+        if disconnected:
+            _bounded(cluster.shutdown, 30)
+        else:  # Cluster.shutdown refuses to remove a node the (hung) driver is still connected to
             print("ray.shutdown() did not finish within 15 s: stopping the cluster's processes", file=sys.stderr)
-        _bounded(cluster.shutdown, 30)
         for node in cluster.list_all_nodes():  # whatever is still running
             node.kill_all_processes(check_alive=False, allow_graceful=False)
 
