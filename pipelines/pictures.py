@@ -30,6 +30,13 @@ def _pyplot():
 SEPARATOR = 0.5  # mid grey: neither a white stroke nor a black background merges with it
 
 
+def readable_log_ticks(axis) -> None:
+    """Plain numbers (0.001, 20, 100) on a log axis instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile (N, H, W, C) images with values in [0, 1] into one (H', W', C) array, mid-grey between them."""
     images = np.asarray(images, dtype=np.float32)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pipelines.pictures import _pyplot, save_figure
+from pipelines.pictures import _pyplot, readable_log_ticks, save_figure
 
 
 def pareto_mask(values: np.ndarray, modes: Sequence[str]) -> np.ndarray:
@@ -56,10 +56,8 @@ def save_pareto_plot(df: pd.DataFrame, x: str, y: str, modes: Sequence[str], pat
         ax.step(front[x], front[y], where="post", color="k", lw=1.2, label="Pareto front")
         ax.scatter(front[x], front[y], s=80, facecolors="none", edgecolors="k")
     if log_x:
-        from matplotlib.ticker import FuncFormatter
-
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        readable_log_ticks(ax.xaxis)
     ax.set_xlabel(f"{x} ({'lower' if modes[0] == 'min' else 'higher'} is better)")
     ax.set_ylabel(f"{y} ({'lower' if modes[1] == 'min' else 'higher'} is better)")
     ax.set_title(title, fontsize=9)

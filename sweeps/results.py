@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pipelines.pictures import save_figure
+from pipelines.pictures import readable_log_ticks, save_figure
 from pipelines.names import STEP
 from sweeps.spec import LOSS_STEPS, SweepSpec, is_log_scale, step_count_value, trial_config
 from sweeps.trial import OBJECTIVE
@@ -84,12 +84,6 @@ def metric_label(metric: str) -> str:
     return f"{'validation' if found[1] == 'val' else 'test'} bound at {where} ({unit})"
 
 
-def _readable_log_ticks(axis) -> None:
-    from matplotlib.ticker import FuncFormatter
-
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-
-
 def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[str, pd.DataFrame]) -> list[Path]:
     """objective_vs_<param>.png per searched value, objective_vs_steps.png, objective_curves.png (ASHA at work)."""
     import matplotlib
@@ -109,7 +103,7 @@ def save_plots(df: pd.DataFrame, spec: SweepSpec, folder: Path, histories: dict[
                        color=STATUS_COLOURS.get(status, "k"), s=28)
         if is_log_scale(spec, key):
             ax.set_xscale("log")
-            _readable_log_ticks(ax.xaxis)
+            readable_log_ticks(ax.xaxis)
         ax.set_xlabel(key + (" (log scale)" if is_log_scale(spec, key) else ""))
         ax.set_ylabel(metric_label(metric))
         ax.set_title(f"{spec.name}: {metric} against {key}", fontsize=9)
