@@ -96,6 +96,10 @@ ENV_BFN_STORAGE = "BFN_STORAGE_PATH"  # Ray Train checkpoints: a local path or s
 ENV_BFN_DATA = "BFN_DATA_URL"         # where shards live: a local path or s3://bucket/prefix
 ENV_BFN_HOME = "BFN_HOME"             # local state (default ./.bfn)
 ENV_BFN_USER = "BFN_USER"             # who promotes, in shared service accounts
+# MLflow's HTTP retry settings: bounded by default (tracking.MLFLOW_HTTP_DEFAULTS), forwarded to workers
+ENV_MLFLOW_HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+ENV_MLFLOW_HTTP_BACKOFF = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+ENV_MLFLOW_HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 
 # How a client reaches Ray. Locally they come from the `bfn stack up` env file; on a cluster the
 # user sets them (KubeRay sets the auth pair inside the Ray pods itself, from authOptions).
@@ -128,5 +132,5 @@ CONNECTING_ENV_VARS = RAY_CLIENT_ENV_VARS + SERVICE_ENV_VARS
 # region's other spelling, local state and the promoting user.
 # The S3 tuning variables travel too: workers must reach the same endpoint with the same retries.
 WORKER_ENV_VARS = SERVICE_ENV_VARS + (ENV_AWS_REGION, ENV_AWS_SESSION_TOKEN, ENV_AWS_ENDPOINT_URL_S3, ENV_AWS_MAX_ATTEMPTS,
-                                      ENV_S3_CONNECT_TIMEOUT, ENV_BFN_HOME, ENV_BFN_USER, "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+                                      ENV_S3_CONNECT_TIMEOUT, ENV_BFN_HOME, ENV_BFN_USER, ENV_MLFLOW_HTTP_RETRIES,
+                                      ENV_MLFLOW_HTTP_BACKOFF, ENV_MLFLOW_HTTP_TIMEOUT)

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.errors import PipelineError
-from pipelines.names import ENV_BFN_HOME, ENV_MLFLOW_TRACKING_URI
+from pipelines.names import (ENV_BFN_DATA, ENV_BFN_HOME, ENV_MLFLOW_HTTP_BACKOFF, ENV_MLFLOW_HTTP_RETRIES, ENV_MLFLOW_HTTP_TIMEOUT,
+                             ENV_MLFLOW_TRACKING_URI)
 
 
 
@@ -25,8 +26,6 @@ def bfn_home() -> Path:
 
 def data_root() -> str:
     """Where shards live by default: $BFN_DATA_URL (the stack's and the cluster's), else $BFN_HOME/data."""
-    from pipelines.names import ENV_BFN_DATA
-
     return os.environ.get(ENV_BFN_DATA, "").rstrip("/") or str(bfn_home() / "data")
 
 
@@ -61,8 +60,7 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
 # MLflow's own HTTP defaults retry for minutes (7 retries, backoff factor 2, 120 s timeout): a
 # tracking server outage then stalls every worker. These bound one request to about half a minute;
 # each can be set in the environment, and the values travel to Ray workers (names.WORKER_ENV_VARS).
-MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+MLFLOW_HTTP_DEFAULTS = {ENV_MLFLOW_HTTP_RETRIES: "3", ENV_MLFLOW_HTTP_BACKOFF: "1", ENV_MLFLOW_HTTP_TIMEOUT: "10"}
 
 
 def setup_mlflow() -> str:

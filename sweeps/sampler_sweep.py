@@ -199,6 +199,8 @@ def run_sampler_sweep(spec: SamplerSweepSpec, *, ray_address: str | None = None,
 
 
 def _table(grid, client, experiment_id: str, parent: str) -> pd.DataFrame:
+    from pipelines.training import failure_message  # the innermost message of a Ray-wrapped error
+
     children = {r.data.tags.get(TAG_SWEEP_TRIAL): r.info.run_id for r in client.search_runs(
         [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'", max_results=10000)}
     rows = []
@@ -207,19 +209,12 @@ def _table(grid, client, experiment_id: str, parent: str) -> pd.DataFrame:
         trial_id = metrics.get("trial_id") or Path(result.path).name
         keep = set(REPORTED) | set(str(metrics.get("metric_names", "")).split(","))  # not Tune's own fields
         rows.append({"trial_id": trial_id, "status": "failed" if result.error else "completed",
-                     "error": _first_line(result.error) if result.error else None,
+                     "error": failure_message(result.error) if result.error else None,
                      "run_id": children.get(trial_id), "sampler": config.get("sampler"),
                      "grid": config.get("grid") or "default", "steps": config.get("steps"),
                      **{k: v for k, v in metrics.items() if k in keep}})
     columns = ["trial_id", "status", "error", "run_id", "sampler", "grid", "steps", *REPORTED]
     return pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(columns + [c for r in rows for c in r])))
-
-
-def _first_line(error) -> str:
-    """The innermost message of a trial's (Ray-wrapped) error."""
-    from pipelines.training import failure_message
-
-    return failure_message(error)
 
 
 def recommend(table: pd.DataFrame, tolerance: float) -> pd.Series | None:
