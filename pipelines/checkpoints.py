@@ -3,17 +3,24 @@
 A checkpoint folder holds model.pt, ema.pt, optimizer.pt, state.pt (step and RNG states) and
 config.json (the experiment config and data shape). Writers fill a temporary folder that Ray Train
 persists; nothing pickles Python objects.
+
+A checkpoint that cannot be read raises CheckpointError naming the stored object: Ray Train hands a
+worker a local copy of a remote checkpoint (`as_directory` downloads it to a temporary folder), so
+readers take the folder and, separately, the `location` to name (see `opened`): the storage URI,
+which the user can look at, not a temporary path gone by the time they read the message.
 """
 from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from pipelines.errors import PipelineError
+from pipelines.errors import CheckpointError, one_line
 
 FILES = ("model.pt", "ema.pt", "optimizer.pt", "state.pt", "config.json")
 
@@ -36,44 +43,83 @@ def save_checkpoint(folder: str | Path, *, model, ema, optimizer, step: int, con
     return folder
 
 
-def _load(path: Path):
+# pyarrow filesystems' type_name -> the URL scheme a user writes
+_SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs", "abfs": "abfs"}
+ADVICE = "restore it, or use another checkpoint"  # never --resume: a resumed run reads the same checkpoint
+
+
+def stored_location(checkpoint) -> str:
+    """Where a Ray Train Checkpoint is stored, as the user names it: `s3://bucket/...`, or a local path."""
+    path = str(checkpoint.path)
+    kind = getattr(getattr(checkpoint, "filesystem", None), "type_name", "local")
+    if kind == "local" or "://" in path:
+        return path
+    return f"{_SCHEMES.get(kind, kind)}://{path}"
+
+
+@contextmanager
+def opened(checkpoint) -> Iterator[tuple[str, str]]:
+    """A Ray Train Checkpoint as (local folder, stored location): the folder to read, the location to
+    name in errors. A failed download (storage unreachable) is not wrapped: it may pass on a retry."""
+    with checkpoint.as_directory() as folder:
+        yield folder, stored_location(checkpoint)
+
+
+def _named(folder: str | Path, name: str, location: str | None) -> str:
+    return f"{str(location).rstrip('/')}/{name}" if location else str(Path(folder) / name)
+
+
+def _load(folder: str | Path, name: str, location: str | None = None):
+    shown = _named(folder, name, location)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(Path(folder) / name, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise PipelineError(f"checkpoint file {path} is missing: the checkpoint is incomplete; resume from an earlier one") from None
+        raise CheckpointError(f"checkpoint file {shown} is missing: the checkpoint is incomplete; {ADVICE}") from None
     except Exception as err:  # truncated zip, flipped bytes, pickled objects
-        raise PipelineError(f"checkpoint file {path} is corrupt ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
-                            "resume from an earlier checkpoint or start a new run") from None
+        raise CheckpointError(f"checkpoint file {shown} is corrupt ({type(err).__name__}: {one_line(err, 200)}); "
+                              f"{ADVICE}") from None
 
 
-def read_config(folder: str | Path) -> dict:
-    path = Path(folder) / "config.json"
+def read_json(folder: str | Path, name: str, location: str | None = None, *, required: bool = True):
+    """A JSON file of a checkpoint folder (None when it is absent and not `required`)."""
+    shown = _named(folder, name, location)
     try:
-        return json.loads(path.read_text())
+        return json.loads((Path(folder) / name).read_text())
     except FileNotFoundError:
-        raise PipelineError(f"checkpoint {folder} has no config.json: not a bfn checkpoint") from None
-    except json.JSONDecodeError as err:
-        raise PipelineError(f"checkpoint file {path} is corrupt (invalid JSON: {err})") from None
+        if not required:
+            return None
+        raise CheckpointError(f"checkpoint {location or folder} has no {name}: not a bfn checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"checkpoint file {shown} is corrupt (invalid JSON: {one_line(err, 200)}); {ADVICE}") from None
 
 
-def load_weights(folder: str | Path, which: str = "ema") -> dict:
+def read_config(folder: str | Path, location: str | None = None) -> dict:
+    return read_json(folder, "config.json", location)
+
+
+def load_weights(folder: str | Path, which: str = "ema", location: str | None = None) -> dict:
     """The model (or EMA) state dict of a checkpoint folder."""
-    return _load(Path(folder) / f"{which}.pt")
+    return _load(folder, f"{which}.pt", location)
 
 
-def load_checkpoint(folder: str | Path, *, model, ema, optimizer) -> int:
-    """Restore model, EMA, optimiser and RNG states in place; returns the step to continue from."""
-    folder = Path(folder)
-    states = {name: _load(folder / name) for name in ("model.pt", "ema.pt", "optimizer.pt", "state.pt")}
+def load_checkpoint(folder: str | Path, *, model, ema, optimizer, location: str | None = None) -> int:
+    """Restore model, EMA, optimiser and RNG states in place; returns the step to continue from. Errors
+    name `location` (the stored checkpoint) where given, else the folder."""
+    states = {name: _load(folder, name, location) for name in ("model.pt", "ema.pt", "optimizer.pt", "state.pt")}
     try:
         model.load_state_dict(states["model.pt"])
         ema.load_state_dict(states["ema.pt"])
         optimizer.load_state_dict(states["optimizer.pt"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise PipelineError(f"checkpoint {folder} does not match the model of this config ({str(err).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"checkpoint {location or folder} does not match the model of this config "
+                              f"({one_line(err, 200)})") from None
     state = states["state.pt"]
-    torch.set_rng_state(state["torch_rng"])
-    np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32), state["numpy_pos"]))
-    py = random.getstate()
-    random.setstate((py[0], tuple(int(v) for v in state["python_rng"].tolist()), py[2]))
-    return int(state["step"])
+    try:
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(("MT19937", state["numpy_rng"].numpy().astype(np.uint32), state["numpy_pos"]))
+        py = random.getstate()
+        random.setstate((py[0], tuple(int(v) for v in state["python_rng"].tolist()), py[2]))
+        return int(state["step"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:  # loads, but not a state.pt of ours
+        raise CheckpointError(f"checkpoint file {_named(folder, 'state.pt', location)} is corrupt "
+                              f"({type(err).__name__}: {one_line(err, 200)}); {ADVICE}") from None

@@ -3,6 +3,29 @@
 `train(cfg)` checks the tracking server and the data, opens the MLflow run, starts a TorchTrainer
 running `pipelines.worker.train_loop_per_worker`, and on success logs the EMA weights of the final
 checkpoint and of the best-validation checkpoint as MLflow models, one of them the run's model.
+
+Which failures are retried. Ray Train restarts the worker group from the last checkpoint up to
+`scaling.max_failures` times on any worker error: right for a killed worker or node, or an endpoint
+that did not answer, wasted on a corrupt shard or checkpoint, which fails the same way every time
+(and a `--resume` would meet it again). Ray Train 2.60 (V2) has no public way to classify worker
+errors: its FailurePolicy is built inside `DataParallelTrainer.fit` by `create_failure_policy`, which
+always returns `DefaultFailurePolicy` (ray/train/v2/_internal/execution/failure_handling/factory.py),
+and that policy retries every WorkerGroupError up to max_failures (default.py,
+`_is_retryable_error`). It does give a controller-side hook that sees each worker's exception,
+`UserCallback.after_exception` (ray/train/v2/api/callback.py, called from the worker group's poll by
+_internal/callbacks/user_callback.py), and it never retries a ControllerError other than a worker
+group start-up failure (default.py, RETRYABLE_CONTROLLER_ERRORS). So `stop_on_deterministic_error`'s
+callback raises ControllerError(the deterministic error) from that hook: the controller's loop routes it to
+the failure policy (controller.py, `_run_control_loop_iteration`), which decides RAISE; the worker
+group is shut down and `fit()` raises that ControllerError. Every other error reaches the default
+policy unchanged and is retried as before. The driver then ends the run FAILED with one line naming
+the shard or stored checkpoint, and no resume hint (pipelines.errors.DeterministicError says which
+errors these are).
+
+The tracking server going away does not stop training (see pipelines.worker); if it is still away
+when training ends, the driver cannot record the models or the end of the run, and says to finish
+it with `bfn train --resume RUN` once the server answers (the run's unsent metrics are in its
+checkpoints).
 """
 from __future__ import annotations
 
@@ -11,9 +34,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
-from pipelines.checkpoints import load_weights, read_config
+from pipelines.checkpoints import load_weights, opened, read_config
 from pipelines.config import ExperimentConfig
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, deterministic_cause, one_line
 from pipelines.names import (
     CHECKPOINT_SCORE,
     ENV_MLFLOW_TRACKING_URI,
@@ -26,7 +49,8 @@ from pipelines.names import (
 )
 from pipelines.prepare import Prepared, prepare
 from pipelines.progress import ProgressFn, ProgressReceiver
-from pipelines.worker import METRICS_FILE, log_missing_metrics, train_loop_per_worker
+from pipelines.tracking import METRICS_FILE, log_missing_metrics, mlflow_http_settings
+from pipelines.worker import train_loop_per_worker
 
 
 @dataclass
@@ -83,12 +107,31 @@ def log_config(run_id: str, cfg: ExperimentConfig, extra_params: dict | None = N
     client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config.yaml")
 
 
+def stop_on_deterministic_error():
+    """A Ray Train callback, run in the controller, that ends training at once, without a retry, when a
+    worker failed with a DeterministicError (the module's docstring says why this way).
+
+    Built here, not at module level, because Ray must not be imported before `init_ray` has set up a
+    local cluster (ray_runtime); cloudpickle sends the class to the controller by value, so the
+    controller imports only pipelines.errors, not this module and torch."""
+    from ray.train import ControllerError, UserCallback
+
+    class StopOnDeterministicError(UserCallback):
+        def after_exception(self, run_context, worker_exceptions: dict) -> None:
+            for rank in sorted(worker_exceptions):
+                cause = deterministic_cause(worker_exceptions[rank])
+                if cause is not None:
+                    raise ControllerError(cause)
+
+    return StopOnDeterministicError()
+
+
 def make_trainer(prep: Prepared, *, run_id: str | None, tracking_uri: str | None, name: str,
                  callbacks: list | None = None, progress_queue=None):
     """The TorchTrainer of one run. Its storage folder is `name` under the prepared storage path:
     started again under the same name, Ray Train continues from the latest checkpoint there. Ray
     keeps the latest checkpoint and the one with the best validation bound (unvalidated ones score
-    +inf)."""
+    +inf). Worker failures are retried up to scaling.max_failures times, except deterministic ones."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -96,11 +139,13 @@ def make_trainer(prep: Prepared, *, run_id: str | None, tracking_uri: str | None
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.model_dump(mode="json"), "data_shape": list(prep.data_shape),
-                           "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "progress_queue": progress_queue},
+                           "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "progress_queue": progress_queue,
+                           "mlflow_http": mlflow_http_settings()},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=prep.storage_path, storage_filesystem=prep.storage_filesystem,
-                             callbacks=callbacks, failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                             callbacks=[*(callbacks or []), stop_on_deterministic_error()],
+                             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=CHECKPOINT_SCORE,
                                                                 checkpoint_score_order="min")),
     )
@@ -129,8 +174,9 @@ def send_checkpointed_metrics(run_id: str, ray_name: str, storage_path: str, fil
 
 def best_checkpoint(result):
     """The checkpoint of a Result with the lowest validation bound, or None where none was validated."""
-    scored = [(m.get(CHECKPOINT_SCORE, math.inf), c) for c, m in (getattr(result, "best_checkpoints", None) or [])]
-    scored = [(score, c) for score, c in scored if math.isfinite(score)]
+    # a resumed run's earlier checkpoints come back from Ray's JSON snapshot, where +inf (unvalidated) is null
+    scored = [(m.get(CHECKPOINT_SCORE), c) for c, m in (getattr(result, "best_checkpoints", None) or [])]
+    scored = [(score, c) for score, c in scored if isinstance(score, (int, float)) and math.isfinite(score)]
     return min(scored, key=lambda sc: sc[0])[1] if scored else None
 
 
@@ -152,9 +198,9 @@ def log_run_models(result, run_id: str, run_model: str = "final") -> tuple[str, 
     for roles, checkpoint in ((final_roles, final), (("best",), best)):
         if checkpoint is None:
             continue
-        with checkpoint.as_directory() as folder:
-            meta = read_config(folder)
-            model = build(meta, load_weights(folder, "ema"))
+        with opened(checkpoint) as (folder, location):
+            meta = read_config(folder, location)
+            model = build(meta, load_weights(folder, "ema", location))
         uri = log_model(model, meta, run_id, roles=roles, is_run_model=run_model in roles)
         logged.update({role: (uri, checkpoint.path) for role in roles})
     if run_model not in logged:
@@ -215,17 +261,35 @@ def train(cfg: ExperimentConfig | None, *, resume_run: str | None = None, ray_ad
                                    progress_queue=receiver.queue if receiver else None)
             result = trainer.fit()
         model_uri, ckpt_path = log_run_models(result, run_id, prep.cfg.training.run_model)
+        client.set_terminated(run_id, status="FINISHED")
     except BaseException as err:
         message = f"stopped by {_STOPPED_BY[0]}" if _STOPPED_BY else failure_message(err)
-        client.set_tag(run_id, TAG_ERROR, message[:4000])
-        client.set_terminated(run_id, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        if isinstance(err, (KeyboardInterrupt, PipelineError)):
+        recorded = _record_end(client, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", message)
+        if isinstance(err, KeyboardInterrupt):
             raise
-        raise PipelineError(f"training run {run_id} failed: {message} (resume with `bfn train --resume {run_id}`)") from err
+        resume = f"`bfn train --resume {run_id}`"
+        if deterministic_cause(err) is not None:  # no resume hint: a resume would meet the same fault
+            raise PipelineError(f"training run {run_id} failed: {message}") from err
+        if not recorded:
+            raise PipelineError(f"training run {run_id} stopped: the MLflow tracking server {uri} did not take its records "
+                                f"({one_line(message, 160)}); its unsent metrics are kept in its checkpoints: once the "
+                                f"server answers, finish the run with {resume}") from err
+        if isinstance(err, PipelineError):
+            raise
+        raise PipelineError(f"training run {run_id} failed: {message} (resume with {resume})") from err
     finally:
         _restore_sigterm(previous_handler)
-    client.set_terminated(run_id, status="FINISHED")
     return TrainOutcome(run_id, model_uri, ckpt_path, dict(result.metrics or {}))
+
+
+def _record_end(client, run_id: str, status: str, message: str) -> bool:
+    """Mark the run ended with its error; False when the tracking server did not take it."""
+    try:
+        client.set_tag(run_id, TAG_ERROR, message[:4000])
+        client.set_terminated(run_id, status=status)
+    except Exception:  # the tracking server is away: the caller says what to do once it is back
+        return False
+    return True
 
 
 _STOPPED_BY: list[str] = []  # the signal that stopped training, once one has
@@ -255,13 +319,15 @@ def _restore_sigterm(previous) -> None:
 
 
 def failure_message(err: BaseException) -> str:
-    """The innermost cause of a (Ray-wrapped) failure, one line."""
+    """One line for a (Ray-wrapped) failure: a deterministic error's own message (it names the shard or
+    checkpoint), else the innermost cause's type and last line; cut at a word, never inside one."""
+    cause = deterministic_cause(err)
+    if cause is not None:
+        return one_line(cause, 1000)
     seen = err
     while True:
-        nxt = getattr(seen, "cause", None) or seen.__cause__
+        nxt = getattr(seen, "cause", None) or getattr(seen, "controller_failure", None) or seen.__cause__
         if nxt is None or nxt is seen:
             break
         seen = nxt
-    text = str(seen).strip().splitlines()
-    last = next((ln for ln in reversed(text) if ln.strip()), type(seen).__name__)
-    return f"{type(seen).__name__}: {last.strip()}"[:500]
+    return one_line(f"{type(seen).__name__}: {one_line(seen, 10**6, last=True) or type(seen).__name__}", 500)

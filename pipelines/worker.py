@@ -5,11 +5,17 @@ global batch (`training.batch_size`) as `accumulation_steps` micro-batches per w
 steps AdamW and updates the EMA. The EMA model is kept in eval mode, so validation and the sample
 pictures measure the network without dropout. Metric history reaches MLflow from rank 0 only, in
 step with the checkpoints (see MetricBuffer), so a run that fails and resumes records one history.
+
+While the MLflow tracking server is unreachable, training goes on: the worker never fails because of it.
+Each MLflow request gives up after the bounded retries of tracking.MLFLOW_HTTP_DEFAULTS (the driver's
+settings reach the worker in its config, whatever the worker's environment); metrics not taken stay
+pending, travel in every checkpoint and go out with the next send that succeeds, or, when the server
+is still down at the end, with `bfn train --resume RUN` (the driver says so; see
+pipelines.training). A sample picture that cannot be logged is skipped, with a warning.
 """
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import tempfile
@@ -29,8 +35,9 @@ from pipelines.acceleration import (
     fused_adamw_available,
     match_optimizer_layout,
 )
-from pipelines.checkpoints import load_checkpoint, save_checkpoint
+from pipelines.checkpoints import load_checkpoint, opened, save_checkpoint
 from pipelines.config import ExperimentConfig
+from pipelines.errors import one_line
 from pipelines.model_store import model_meta
 from pipelines.names import (
     CHECKPOINT_SCORE,
@@ -43,97 +50,7 @@ from pipelines.names import (
 )
 from pipelines.progress import ProgressSender
 from pipelines.seeds import derive_seed
-from pipelines.tracking import system_metrics
-
-METRICS_FILE = "metrics.json"  # in a checkpoint: rank 0's metrics not yet sent to MLflow when it was taken
-
-
-
-class MetricBuffer:
-    """Metrics of rank 0, sent to MLflow once Ray Train has registered the checkpoint that covers
-    their step, so that a run that fails and resumes records each step exactly once.
-
-    A report is registered when Ray Train's controller takes it from the worker's result queue, which
-    holds one report: when `ray.train.report` returns for checkpoint k + 1, checkpoint k is registered,
-    and the metrics up to k go out. Those not yet sent also travel inside each checkpoint
-    (METRICS_FILE): a run resumed from checkpoint k sends whichever of them MLflow does not have yet
-    (the worker may have died before or after sending them), and none of the steps after k.
-    """
-
-    def __init__(self, run_id: str | None):
-        self.run_id, self.pending, self.last_checkpoint, self.unsent_warned = run_id, [], None, False
-
-    def add(self, step: int, **values: float) -> None:
-        if self.run_id is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
-
-    def save(self, folder: str | Path) -> None:
-        """Write the metrics not yet sent into a checkpoint folder."""
-        rows = [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in self.pending]
-        (Path(folder) / METRICS_FILE).write_text(json.dumps(rows))
-
-    def resume(self, folder: str | Path) -> None:
-        """After a restart from a checkpoint: send its metrics that MLflow does not have yet."""
-        path = Path(folder) / METRICS_FILE
-        if self.run_id is not None and path.exists():
-            log_missing_metrics(self.run_id, json.loads(path.read_text()))
-
-    def checkpoint_reported(self, step: int) -> None:
-        """The report of a checkpoint at `step` returned: send what the previous checkpoint covers."""
-        if self.last_checkpoint is not None:
-            self._send(lambda m: m.step <= self.last_checkpoint)
-        self.last_checkpoint = step
-
-    def flush(self) -> None:
-        """Training is over: send everything."""
-        self._send(lambda m: True)
-
-    def _send(self, covered) -> None:
-        """Send the covered metrics; while the tracking server is unreachable they stay pending (and so
-        travel in the next checkpoint and go out with the next send): no hole in the history, and
-        training goes on (MLflow's retries are bounded by tracking.MLFLOW_HTTP_DEFAULTS)."""
-        if self.run_id is None:
-            return
-        batch = [m for m in self.pending if covered(m)]
-        if not batch:
-            return
-        from mlflow import MlflowClient
-
-        try:
-            _log(MlflowClient(), self.run_id, batch)
-        except Exception as err:  # the server is down or refusing: keep them for the next send
-            if not self.unsent_warned:
-                warnings.warn(f"MLflow did not take {len(batch)} metrics of run {self.run_id} ({type(err).__name__}); "
-                              "they are kept and sent with the next checkpoint", stacklevel=2)
-                self.unsent_warned = True
-            return
-        sent = {id(m) for m in batch}
-        self.pending = [m for m in self.pending if id(m) not in sent]
-
-
-def log_missing_metrics(run_id: str, rows: list[dict]) -> None:
-    """Send to MLflow those of the saved metric rows ({key, value, timestamp, step}) it lacks."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    client = MlflowClient()
-    newest: dict[tuple, dict] = {}  # a step saved twice came from a run and its restart: the restart is newer
-    for r in rows:
-        if (r["key"], r["step"]) not in newest or r["timestamp"] > newest[r["key"], r["step"]]["timestamp"]:
-            newest[r["key"], r["step"]] = r
-    saved = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in newest.values()]
-    logged = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in {m.key for m in saved}}
-    _log(client, run_id, [m for m in saved if m.step not in logged[m.key]])
-
-
-def _log(client, run_id: str, metrics: list) -> None:
-    for i in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[i: i + 500])
-
+from pipelines.tracking import MetricBuffer, system_metrics
 
 def lr_factor(step: int, warmup: int) -> float:
     return 1.0 if warmup == 0 else min(1.0, (step + 1) / warmup)
@@ -248,11 +165,15 @@ def _log_samples(ema, cfg: ExperimentConfig, data_shape, step: int, run_id: str 
     # (sequences) stay text files, one per step
     with tempfile.TemporaryDirectory() as tmp:
         picture = sample_pictures(ema, cfg, data_shape, step, Path(tmp), accel)
-        if picture.suffix != ".png":
-            MlflowClient().log_artifact(run_id, str(picture), "samples")
-            return
-        with Image.open(picture) as image:
-            MlflowClient().log_image(run_id, image.convert("RGB"), key="samples", step=step)
+        try:
+            if picture.suffix != ".png":
+                MlflowClient().log_artifact(run_id, str(picture), "samples")
+                return
+            with Image.open(picture) as image:
+                MlflowClient().log_image(run_id, image.convert("RGB"), key="samples", step=step)
+        except Exception as err:  # MLflow unreachable: a picture is not worth stopping training for
+            warnings.warn(f"the samples of step {step} were not logged to run {run_id} ({type(err).__name__}: "
+                          f"{one_line(err, 200)})", stacklevel=2)
 
 
 def build_training(cfg: ExperimentConfig, data_shape, accel: Acceleration):
@@ -306,6 +227,7 @@ def train_loop_per_worker(config: dict) -> None:
     data_shape = tuple(config["data_shape"])
     if config.get("tracking_uri"):
         os.environ[ENV_MLFLOW_TRACKING_URI] = config["tracking_uri"]
+    os.environ.update(config.get("mlflow_http") or {})  # the driver's bounded retries, not MLflow's minutes
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -317,9 +239,9 @@ def train_loop_per_worker(config: dict) -> None:
     progress_queue = config.get("progress_queue") if rank == 0 else None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            step = load_checkpoint(folder, model=bfn, ema=ema, optimizer=opt)
-            metrics.resume(folder)
+        with opened(checkpoint) as (folder, location):  # errors name the stored checkpoint, not the download
+            step = load_checkpoint(folder, model=bfn, ema=ema, optimizer=opt, location=location)
+            metrics.resume(folder, location)
         match_optimizer_layout(opt)
     torch.manual_seed(derive_seed("training-noise", cfg.training.seed, rank, step))  # per rank and per restart
     model = ray.train.torch.prepare_model(bfn, parallel_strategy_kwargs=ddp_options(cfg.accumulation_steps))

@@ -1,9 +1,14 @@
 """Shared fixtures: real services on loopback, started once per test session."""
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
+
+# Ray reads this once, when it is first imported, whichever test imports it: every cluster a test
+# session starts (tests/services.ray_cluster, a local ray.init) must keep its nodes on 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 # ------------------------------------------------------------------------------- S3-compatible server

@@ -47,10 +47,9 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 15) -> None:
         proc.wait(5)
 
 
-@contextmanager
-def mlflow_server(root: Path):
-    """`mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts (one process)."""
-    port = free_port()
+def start_mlflow(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port` with a SQLite store and proxied artifacts under `root` (one
+    process, its own process group), once it answers; the same port and store can be started again."""
     root.mkdir(parents=True, exist_ok=True)
     log = root / "mlflow.log"
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
@@ -58,12 +57,23 @@ def mlflow_server(root: Path):
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--artifacts-destination", (root / "artifacts").as_uri(), "--serve-artifacts", "--workers", "1"]
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/health", 120, proc, log)
-        yield url
+        wait_http(f"http://127.0.0.1:{port}/health", 120, proc, log)
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return proc
+
+
+@contextmanager
+def mlflow_server(root: Path):
+    """An MLflow server (start_mlflow) on a free port for the block: yields its URL."""
+    port = free_port()
+    proc = start_mlflow(root, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop_process_group(proc)
 

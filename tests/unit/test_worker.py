@@ -90,7 +90,7 @@ def test_weight_decay_on_weights_spares_biases_norms_and_embeddings():
 def test_metrics_survive_a_tracking_server_outage(monkeypatch):
     """While MLflow refuses them, metrics stay pending (and go into checkpoints); they are sent, in
     full, once it answers again: no hole in the history, and training is not stopped."""
-    import pipelines.worker as worker
+    import pipelines.tracking as tracking
 
     sent, down = [], {"now": True}
 
@@ -99,9 +99,9 @@ def test_metrics_survive_a_tracking_server_outage(monkeypatch):
             raise ConnectionError("tracking server unreachable")
         sent.extend(metrics)
 
-    monkeypatch.setattr(worker, "_log", log)
+    monkeypatch.setattr(tracking, "_log", log)
     monkeypatch.setattr("mlflow.MlflowClient", lambda *a, **k: None)
-    buffer = worker.MetricBuffer("run-1")
+    buffer = tracking.MetricBuffer("run-1")
     for step in range(1, 31):
         buffer.add(step, loss=1.0 / step)
         if step % 10 == 0:
