@@ -88,6 +88,7 @@ ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"
 ENV_AWS_REGION = "AWS_REGION"
 ENV_AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
+ENV_AWS_SHARED_CREDENTIALS_FILE = "AWS_SHARED_CREDENTIALS_FILE"  # how credentials reach workers (pipelines/credentials.py)
 ENV_AWS_ENDPOINT_URL_S3 = "AWS_ENDPOINT_URL_S3"  # the S3-only endpoint, preferred (as boto3 does) to AWS_ENDPOINT_URL
 ENV_AWS_MAX_ATTEMPTS = "AWS_MAX_ATTEMPTS"  # S3 attempts per request, the first included
 ENV_AWS_PROFILE = "AWS_PROFILE"
@@ -128,9 +129,12 @@ SECRET_ENV_VARS = (ENV_MLFLOW_TRACKING_PASSWORD, ENV_AWS_ACCESS_KEY_ID, ENV_AWS_
 CONNECTING_ENV_VARS = RAY_CLIENT_ENV_VARS + SERVICE_ENV_VARS
 
 # What travels, where set, to the Ray workers of a local or joined cluster (runtime_env) and to the
-# driver and workers of a submitted job: the services' settings, plus session credentials, the
+# driver and workers of a submitted job: the services' settings without their credentials (Ray logs
+# a runtime_env in clear text: credentials travel as a file path, see pipelines/credentials.py), the
 # region's other spelling, local state and the promoting user.
 # The S3 tuning variables travel too: workers must reach the same endpoint with the same retries.
-WORKER_ENV_VARS = SERVICE_ENV_VARS + (ENV_AWS_REGION, ENV_AWS_SESSION_TOKEN, ENV_AWS_ENDPOINT_URL_S3, ENV_AWS_MAX_ATTEMPTS,
-                                      ENV_S3_CONNECT_TIMEOUT, ENV_BFN_HOME, ENV_BFN_USER, ENV_MLFLOW_HTTP_RETRIES,
-                                      ENV_MLFLOW_HTTP_BACKOFF, ENV_MLFLOW_HTTP_TIMEOUT)
+WORKER_ENV_VARS = tuple(v for v in SERVICE_ENV_VARS if v not in SECRET_ENV_VARS) + (
+    ENV_AWS_REGION, ENV_AWS_SHARED_CREDENTIALS_FILE, ENV_AWS_ENDPOINT_URL_S3, ENV_AWS_MAX_ATTEMPTS, ENV_S3_CONNECT_TIMEOUT,
+    ENV_BFN_HOME, ENV_BFN_USER, ENV_MLFLOW_HTTP_RETRIES, ENV_MLFLOW_HTTP_BACKOFF, ENV_MLFLOW_HTTP_TIMEOUT)
+# Never in a runtime_env: the credentials above and the session token that goes with the AWS keys.
+NEVER_FORWARDED_ENV_VARS = SECRET_ENV_VARS + (ENV_AWS_SESSION_TOKEN,)

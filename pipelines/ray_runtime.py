@@ -11,7 +11,7 @@ import os
 from urllib.parse import urlparse
 
 from pipelines.errors import PipelineError
-from pipelines.names import ENV_RAY_ADDRESS, WORKER_ENV_VARS
+from pipelines.names import ENV_AWS_SHARED_CREDENTIALS_FILE, ENV_RAY_ADDRESS, WORKER_ENV_VARS
 
 LOCAL_RAY_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray's nodes use 127.0.0.1
 _connected_here = False  # whether init_ray started or joined Ray in this process (not a caller before it)
@@ -24,9 +24,16 @@ def _is_loopback_address(address: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Settings the workers need (tracking server, object store, local state); values never logged."""
-    env = {k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)}
+def worker_env(extra: dict[str, str] | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The runtime_env env_vars of Ray workers and jobs: the settings they need (tracking server, object
+    store, local state) and the path of a credentials file, never a credential (Ray logs these)."""
+    from pipelines.credentials import credentials_file
+
+    source = os.environ if environ is None else environ
+    env = {k: source[k] for k in WORKER_ENV_VARS if source.get(k)}
+    creds = credentials_file(source)
+    if creds:
+        env[ENV_AWS_SHARED_CREDENTIALS_FILE] = creds
     env.update(extra or {})
     return env
 

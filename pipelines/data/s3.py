@@ -31,6 +31,7 @@ from pipelines.names import (
     ENV_AWS_MAX_ATTEMPTS,
     ENV_AWS_PROFILE,
     ENV_AWS_REGION,
+    ENV_AWS_SHARED_CREDENTIALS_FILE,
     ENV_S3_CONNECT_TIMEOUT,
 )
 
@@ -134,7 +135,8 @@ def s3_client(settings: S3Settings | None = None):
     and DataLoader workers are forked, hence the pid in the cache key.
     """
     settings = settings or S3Settings.from_env()
-    key = (os.getpid(), settings, os.environ.get(ENV_AWS_ACCESS_KEY_ID), os.environ.get(ENV_AWS_PROFILE))
+    key = (os.getpid(), settings, os.environ.get(ENV_AWS_ACCESS_KEY_ID), os.environ.get(ENV_AWS_PROFILE),
+           os.environ.get(ENV_AWS_SHARED_CREDENTIALS_FILE))
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
@@ -181,7 +183,8 @@ def s3_error(err: Exception, url: str, loc: Location, action: str) -> Exception:
         return StorageError(f"the S3 endpoint {endpoint} timed out while {action} {url}: retry, or check the server")
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return StorageError(
-            f"no S3 credentials for {action} {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            f"no S3 credentials for {action} {url}: set AWS_SHARED_CREDENTIALS_FILE (the local stack's env file does), "
+            "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
     if isinstance(err, ClientError):
         code = str(err.response.get("Error", {}).get("Code", ""))
@@ -192,8 +195,8 @@ def s3_error(err: Exception, url: str, loc: Location, action: str) -> Exception:
         if code in ("AccessDenied", "403", "AllAccessDisabled"):
             return StorageError(f"access denied while {action} {url}: check the credentials and the bucket's policy")
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
-            return StorageError(f"S3 rejected the credentials ({code}) while {action} {url}: check AWS_ACCESS_KEY_ID "
-                                "and AWS_SECRET_ACCESS_KEY")
+            return StorageError(f"S3 rejected the credentials ({code}) while {action} {url}: check the keys "
+                                "(AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
         message = err.response.get("Error", {}).get("Message", "")
         return StorageError(f"S3 error {code} while {action} {url}: {message}")
     return StorageError(f"S3 failure while {action} {url}: {type(err).__name__}: {err}")

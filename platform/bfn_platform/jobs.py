@@ -23,9 +23,9 @@ WORKING_DIR_EXCLUDES = [
     "*.zip",
 ]
 LARGE_FILE_BYTES = 5 * 1024 * 1024  # anything bigger is left out too (Ray's working_dir limit is ~500 MiB)
-# Forwarded to the job (when set in the submitting shell): the MLflow and S3 settings and local state.
+# Forwarded to the job (when set in the submitting shell): the MLflow and S3 settings and local state,
+# as for a training's workers (pipelines.ray_runtime.worker_env): credentials only as a file's path.
 # Never RAY_ADDRESS or RAY_AUTH_*: inside a job Ray sets its own address, and the cluster its auth.
-JOB_ENV_VARS = N.WORKER_ENV_VARS
 DASHBOARD_ENV = "BFN_RAY_DASHBOARD"
 
 
@@ -54,16 +54,16 @@ def large_files(root: Path, limit: int = LARGE_FILE_BYTES) -> list[str]:
 
 
 def job_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    env = os.environ if environ is None else environ
-    out = {k: env[k] for k in JOB_ENV_VARS if env.get(k)}
-    return out
+    from pipelines.ray_runtime import worker_env
+
+    return worker_env(environ=environ)
 
 
 def redact(text: str, environ: dict[str, str] | None = None) -> str:
     """`text` with the values of credentials in this environment replaced by ***: Ray echoes a job's
     runtime_env (env_vars included) in some of its error messages."""
     env = os.environ if environ is None else environ
-    for name in N.SECRET_ENV_VARS + (N.ENV_AWS_SESSION_TOKEN, "RAY_AUTH_TOKEN"):
+    for name in N.NEVER_FORWARDED_ENV_VARS + ("RAY_AUTH_TOKEN",):
         value = env.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")

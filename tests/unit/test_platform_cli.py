@@ -2,9 +2,11 @@
 (against an in-memory fake registry), argument parsing, the job runtime_env and the env file."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -196,8 +198,10 @@ def test_runtime_env_ships_the_project_without_state_and_forwards_settings(tmp_p
     big = tmp_path / "big.bin"
     big.write_bytes(b"\0" * (6 * 1024 * 1024))
     (tmp_path / "small.py").write_text("x = 1\n")
-    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "AWS_SECRET_ACCESS_KEY": "s3cret", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-           "RAY_ADDRESS": "127.0.0.2:6379", "RAY_AUTH_TOKEN_PATH": "/x", "HOME": "/root", "BFN_HOME": "/tmp/h"}
+    home = tmp_path / "home"
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cret",
+           "AWS_SESSION_TOKEN": "sessi0n", "MLFLOW_TRACKING_PASSWORD": "pa55", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+           "RAY_ADDRESS": "127.0.0.1:6379", "RAY_AUTH_TOKEN_PATH": "/x", "HOME": "/root", "BFN_HOME": str(home)}
     rt = runtime_env(tmp_path, env)
     assert rt["working_dir"] == str(tmp_path)
     for needle in ("/.venv", "/.bfn", "/.git", "/data", "*.egg-info", "/big.bin"):
@@ -209,7 +213,15 @@ def test_runtime_env_ships_the_project_without_state_and_forwards_settings(tmp_p
     spec = pathspec.PathSpec.from_lines("gitwildmatch", rt["excludes"])
     assert spec.match_file("data/digits/train/manifest.json") and spec.match_file(".venv/bin/python")
     assert not spec.match_file("pipelines/data/reader.py")
-    assert rt["env_vars"] == {k: env[k] for k in ("MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "BFN_HOME")}
+    # credentials never travel as values (Ray logs a runtime_env): the keys go to a 0600 file, its path travels
+    creds = Path(rt["env_vars"].pop("AWS_SHARED_CREDENTIALS_FILE"))
+    assert rt["env_vars"] == {k: env[k] for k in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "BFN_HOME")}
+    assert creds.parent == home / "credentials" and oct(creds.stat().st_mode & 0o777) == "0o600"
+    assert creds.read_text().split() == ["[default]", "aws_access_key_id", "=", "AKIDEXAMPLE", "aws_secret_access_key", "=",
+                                         "s3cret", "aws_session_token", "=", "sessi0n"]
+    assert runtime_env(tmp_path, env)["env_vars"]["AWS_SHARED_CREDENTIALS_FILE"] == str(creds)  # same keys, same file
+    for secret in ("s3cret", "sessi0n", "pa55", "AKIDEXAMPLE"):
+        assert secret not in json.dumps(rt)
     assert (project_root() / "pyproject.toml").exists()
 
 
@@ -252,10 +264,22 @@ def test_stack_env_file_is_private_and_complete(tmp_path):
     assert stat.S_IMODE(os.stat(stack.token_file).st_mode) == 0o600
     text = path.read_text()
     for name in N.CONNECTING_ENV_VARS:
-        if name not in (N.ENV_MLFLOW_TRACKING_USERNAME, N.ENV_MLFLOW_TRACKING_PASSWORD):
+        if name not in (N.ENV_MLFLOW_TRACKING_USERNAME, *N.SECRET_ENV_VARS):
             assert f"export {name}=" in text, name
-    assert "export RAY_ADDRESS=127.0.0.2:6379" in text and "RAY_AUTH_MODE=token" in text
+    assert "export RAY_ADDRESS=127.0.0.1:6379" in text and "RAY_AUTH_MODE=token" in text
     assert stack.ray_token() not in text  # the token stays in its own file
+    # the S3 keys too: the file names a 0600 credentials file, and unsets keys a shell may hold
+    stack.write_aws_credentials()
+    keys = stack.s3_credentials()
+    assert not any(value in text for value in keys.values()) and "unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY" in text
+    assert f"export AWS_SHARED_CREDENTIALS_FILE={stack.aws_credentials_file}" in text
+    assert stat.S_IMODE(os.stat(stack.aws_credentials_file).st_mode) == 0o600
+    import configparser
+
+    ini = configparser.ConfigParser()
+    ini.read(stack.aws_credentials_file)
+    assert dict(ini["default"]) == {"aws_access_key_id": keys["AWS_ACCESS_KEY_ID"],
+                                    "aws_secret_access_key": keys["AWS_SECRET_ACCESS_KEY"]}
     again = Stack(tmp_path)
     assert again.s3_credentials() == stack.s3_credentials()  # stable across down / up
 

@@ -1,8 +1,11 @@
 """`bfn submit -- COMMAND...`: run any bfn command as a Ray job on a cluster (Ray Jobs API).
 
 The job carries the project as its working_dir (without .venv, .bfn, .git, data and large files)
-and the MLflow and S3 settings of this shell (MLFLOW_TRACKING_URI, AWS_*, BFN_*) as env_vars; the
-values are passed to Ray, never printed.
+and the MLflow and S3 settings of this shell (MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, BFN_*) as
+env_vars. Credentials never travel as values (Ray writes a job's env_vars to its logs and returns
+them from the Jobs API): AWS keys reach the job as the path of a 0600 credentials file (the local
+stack's, or one written under $BFN_HOME/credentials from this shell's keys), and on a remote cluster
+the nodes' own identity (IAM role, service account, the Secret bfn-credentials) supplies them.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import time
 
 from bfn_platform.commands.common import add_jobs_address, command
 from bfn_platform.errors import BfnError
-from pipelines.names import ENV_MLFLOW_TRACKING_URI
+from pipelines.names import ENV_MLFLOW_TRACKING_PASSWORD, ENV_MLFLOW_TRACKING_URI
 
 EPILOG = """examples:
   bfn submit --address http://127.0.0.1:8265 -- bfn train configs/digits_discretised.yaml
@@ -51,7 +54,7 @@ def entrypoint(command: list[str]) -> str:
 def run(args) -> int:
     import os
 
-    from bfn_platform.console import console, err_console
+    from bfn_platform.console import err_console
     from bfn_platform.jobs import client, redact, runtime_env, submission_id
     from pipelines.tracking import check_tracking_server
 
@@ -60,8 +63,12 @@ def run(args) -> int:
     if uri:
         check_tracking_server(uri)  # a job that cannot log is a wasted job: fail before submitting
     else:
-        console.print("[yellow]note[/]: MLFLOW_TRACKING_URI is not set: the job tracks runs in its own BFN_HOME store",
-                      highlight=False)
+        err_console.print("[yellow]note[/]: MLFLOW_TRACKING_URI is not set: the job tracks runs in its own BFN_HOME store",
+                          highlight=False)
+    if os.environ.get(ENV_MLFLOW_TRACKING_PASSWORD):
+        err_console.print("[yellow]note[/]: MLFLOW_TRACKING_PASSWORD is not sent to the job (credentials never travel in a "
+                          "job's env): the cluster's nodes need it from their own identity (Secret bfn-credentials)",
+                          highlight=False)
     jobs = client(args.address)
     env = runtime_env()
     job_id = jobs.submit_job(entrypoint=command, runtime_env=env, submission_id=submission_id(args.name),
