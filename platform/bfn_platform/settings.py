@@ -70,9 +70,9 @@ S3_PORT = 9000               # the local S3-compatible server of `bfn stack up`
 POSTGRES_PORT = 5432         # MLflow's backend store on a cluster
 
 # --- loopback addresses of the local stack (`bfn stack up`) --------------------------------------
-# Every local node gets its own 127.x address so Ray never advertises a network address.
-LOCAL_HEAD_IP = "127.0.0.2"
-LOCAL_WORKER_IP = "127.0.0.3"
+# Both Ray nodes on 127.0.0.1: the only node address for which Ray binds every server (GCS, raylet,
+# agents, metrics) to loopback; on 127.0.0.2 and the like they listen on all interfaces.
+LOCAL_RAY_NODE_IP = "127.0.0.1"
 LOCAL_SERVICE_HOST = "127.0.0.1"  # MLflow, S3 server and the Ray dashboard bind here
 
 # --- environment variables that connect the pieces ------------------------------------------------

@@ -3,7 +3,6 @@ token, recorded in $BFN_HOME/stack/state.json (stack.py starts and stops the ser
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
 from dataclasses import dataclass, field
@@ -13,6 +12,8 @@ from bfn_platform import settings as S
 from bfn_platform.errors import BfnError
 from bfn_platform.processes import alive
 from pipelines import names as N
+from pipelines.credentials import credentials_ini, write_private
+from pipelines.ray_runtime import LOCAL_RAY_SWITCH
 
 BUCKET = "bfn"
 REGION = "us-east-1"
@@ -78,7 +79,22 @@ class Stack:
 
     @property
     def snapshot_dir(self) -> Path:
+        """Where `down` saved the buckets before the S3 store wrote through to disk (imported once)."""
         return self.dir / "s3"
+
+    @property
+    def s3_store_dir(self) -> Path:
+        return self.dir / "s3-store"
+
+    @property
+    def s3_credentials_file(self) -> Path:
+        return self.dir / "s3_credentials.json"
+
+    @property
+    def aws_credentials_file(self) -> Path:
+        """The stack's keys as an AWS shared-credentials file (0600): what the shell, the Ray nodes
+        and jobs read, so no key is ever an environment value (pipelines/credentials.py)."""
+        return self.dir / "aws_credentials"
 
     @property
     def dashboard_url(self) -> str:
@@ -94,7 +110,7 @@ class Stack:
 
     @property
     def gcs_address(self) -> str:
-        return f"{S.LOCAL_HEAD_IP}:{self.ports['ray']}"
+        return f"{S.LOCAL_RAY_NODE_IP}:{self.ports['ray']}"
 
     @classmethod
     def load(cls, home: Path) -> "Stack":
@@ -118,20 +134,24 @@ class Stack:
 
     def _secret_file(self, path: Path, make) -> str:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(make())
+            write_private(path, make())
         return path.read_text().strip()
 
     def ray_token(self) -> str:
         return self._secret_file(self.token_file, lambda: secrets.token_hex(32))
 
     def s3_credentials(self) -> dict[str, str]:
-        """Throw-away keys for the local S3 server (moto accepts any); stable across down / up."""
-        raw = self._secret_file(self.dir / "s3_credentials.json", lambda: json.dumps(
+        """The local S3 server's keys (it refuses any others); stable across down / up."""
+        raw = self._secret_file(self.s3_credentials_file, lambda: json.dumps(
             {N.ENV_AWS_ACCESS_KEY_ID: "bfnlocal" + secrets.token_hex(6), N.ENV_AWS_SECRET_ACCESS_KEY: secrets.token_hex(20)}))
         return json.loads(raw)
+
+    def write_aws_credentials(self) -> Path:
+        creds = self.s3_credentials()
+        text = credentials_ini(creds[N.ENV_AWS_ACCESS_KEY_ID], creds[N.ENV_AWS_SECRET_ACCESS_KEY])
+        if not self.aws_credentials_file.exists() or self.aws_credentials_file.read_text() != text:
+            write_private(self.aws_credentials_file, text)
+        return self.aws_credentials_file
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.ray_token()}"}
@@ -142,9 +162,12 @@ class Stack:
             N.ENV_RAY_ADDRESS: self.gcs_address,
             N.ENV_RAY_AUTH_MODE: "token",
             N.ENV_RAY_AUTH_TOKEN_PATH: str(self.token_file),
+            # any Ray client in the shell (ray.init, `ray status`) keeps 127.0.0.1 instead of replacing
+            # it with the machine's network address, where the stack does not listen
+            LOCAL_RAY_SWITCH: "0",
             N.ENV_MLFLOW_TRACKING_URI: self.mlflow_url,
             N.ENV_AWS_ENDPOINT_URL: self.s3_url,
-            **self.s3_credentials(),
+            N.ENV_AWS_SHARED_CREDENTIALS_FILE: str(self.aws_credentials_file),
             N.ENV_AWS_DEFAULT_REGION: REGION,
             N.ENV_BFN_STORAGE: f"s3://{BUCKET}/checkpoints",
             N.ENV_BFN_DATA: f"s3://{BUCKET}/data",
@@ -154,12 +177,8 @@ class Stack:
 
     def write_env_file(self) -> Path:
         lines = ["# written by `bfn stack up`: source it to point bfn, Ray, MLflow and boto3 at the local stack",
-                 "# (local throw-away credentials only; mode 0600)"]
+                 "# (no credential in here: the S3 keys are read from AWS_SHARED_CREDENTIALS_FILE, mode 0600)",
+                 # keys or a profile left in the shell would win over the stack's credentials file
+                 f"unset {' '.join((N.ENV_AWS_ACCESS_KEY_ID, N.ENV_AWS_SECRET_ACCESS_KEY, N.ENV_AWS_SESSION_TOKEN, N.ENV_AWS_PROFILE))}"]
         lines += [f"export {k}={shlex.quote(v)}" for k, v in self.client_env().items()]
-        tmp = self.env_file.with_suffix(".tmp")
-        self.env_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        tmp.replace(self.env_file)
-        return self.env_file
+        return write_private(self.env_file, "\n".join(lines) + "\n")

@@ -1,8 +1,12 @@
 """The README's platform path end to end, through the `bfn` CLI in subprocesses, on real services:
-`bfn stack up` (Ray head + worker on 127.0.0.2/3 with token auth, MLflow server, S3 server), digits
+`bfn stack up` (Ray head + worker on 127.0.0.1 with token auth, MLflow server, S3 server), digits
 shards to the stack's S3, two training runs submitted as Ray jobs, evaluation, registration, a
 refused and an accepted promotion, sampling from models:/NAME@champion, run listing, `down` / `up`
-keeping the shards and the run's artifacts, and `down` leaving no process or port behind."""
+keeping the shards and the run's artifacts, and `down` leaving no process or port behind.
+
+Security and reliability on the way: every listening socket of the stack (its jobs' included) is on
+loopback; the S3 secret appears in no log, job record, MLflow store or process command line; the S3
+server refuses wrong keys; a kill -9 of the S3 server loses no acknowledged object."""
 from __future__ import annotations
 
 import json
@@ -78,6 +82,55 @@ def session_pids(sids) -> list[int]:
     return out
 
 
+def listening_sockets(sids) -> list[tuple[str, int, str]]:
+    """(address, port, process) of every listening TCP socket and bound UDP socket of the sessions."""
+    import psutil
+
+    pids = set(session_pids(sids))
+    out = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.pid in pids and (conn.status == psutil.CONN_LISTEN or (conn.type == 2 and not conn.raddr)):
+            try:
+                name = " ".join(psutil.Process(conn.pid).cmdline())[:80]
+            except psutil.Error:
+                name = "?"
+            out.append((conn.laddr.ip, conn.laddr.port, name))
+    return out
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def files_containing(secret: str, roots, skip=()) -> list[str]:
+    """Every file under `roots` whose bytes contain `secret` (plain, or as a process's environment shows it)."""
+    needle, hits = secret.encode(), []
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file() and not path.is_symlink() and path not in skip:
+                try:
+                    if needle in path.read_bytes():
+                        hits.append(str(path))
+                except OSError:
+                    pass
+    return hits
+
+
+def command_lines_containing(secret: str) -> list[int]:
+    hits = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if secret.encode() in (entry / "cmdline").read_bytes():
+                    hits.append(int(entry.name))
+            except OSError:
+                pass
+    return hits
+
+
 def port_free(port: int) -> bool:
     from bfn_platform.processes import port_in_use
 
@@ -100,13 +153,27 @@ def test_platform_end_to_end(tmp_path):
         assert {s["pid"] for s in again["services"]} == sids
         env = dict(base, **read_env_file(home / "stack.env"))
         assert env["RAY_AUTH_MODE"] == "token" and env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{ports['mlflow']}"
-        secret = env["AWS_SECRET_ACCESS_KEY"]
+        creds_json = home / "stack" / "s3_credentials.json"
+        secret = json.loads(creds_json.read_text())["AWS_SECRET_ACCESS_KEY"]
+        assert "AWS_SECRET_ACCESS_KEY" not in env and secret not in (home / "stack.env").read_text()
+        assert oct(Path(env["AWS_SHARED_CREDENTIALS_FILE"]).stat().st_mode & 0o777) == "0o600"
 
         # every Ray node on loopback (asked through Ray itself, with the stack's token)
         probe = ("import ray; ray.init(); print([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']])")
         nodes = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
         addrs = eval(nodes.stdout.strip().splitlines()[-1])
-        assert sorted(addrs) == ["127.0.0.2", "127.0.0.3"], nodes.stderr[-2000:]
+        assert sorted(addrs) == ["127.0.0.1", "127.0.0.1"], nodes.stderr[-2000:]
+
+        # the S3 server checks credentials
+        import boto3
+        from botocore.exceptions import ClientError
+
+        for key_id, key in ((json.loads(creds_json.read_text())["AWS_ACCESS_KEY_ID"], "wrong-secret"), ("nobody", secret)):
+            intruder = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                                    aws_access_key_id=key_id, aws_secret_access_key=key)
+            with pytest.raises(ClientError) as refused_access:
+                intruder.list_objects_v2(Bucket="bfn")
+            assert refused_access.value.response["Error"]["Code"] in ("SignatureDoesNotMatch", "InvalidAccessKeyId")
 
         data = "s3://bfn/data/digits"
         for split in ("train", "val", "test"):
@@ -126,6 +193,20 @@ def test_platform_end_to_end(tmp_path):
             assert secret not in res.stdout + res.stderr + logs  # credentials are passed, never printed
         jobs = json.loads(ok(cli("jobs", "list", "--json", env=env)).stdout)
         assert {j["status"] for j in jobs} == {"SUCCEEDED"} and len(jobs) == 2
+
+        # no credential in a job record, a log of the stack or its jobs, MLflow's store or a command line
+        from ray.job_submission import JobSubmissionClient
+
+        token = (home / "stack" / "ray_auth_token").read_text().strip()
+        api = JobSubmissionClient(env["BFN_RAY_DASHBOARD"], headers={"Authorization": f"Bearer {token}"})
+        records = json.dumps([j.model_dump() for j in api.list_jobs()], default=str)
+        assert "AWS_SHARED_CREDENTIALS_FILE" in records and secret not in records
+        credential_files = {creds_json, home / "stack" / "aws_credentials", *(home / "credentials").glob("*")}
+        ray_dirs = list(Path("/tmp").glob(f"bfn-ray-{ports['ray']}-*"))
+        assert ray_dirs and files_containing(secret, [home, *ray_dirs], skip=credential_files) == []
+        assert command_lines_containing(secret) == []
+        sockets = listening_sockets(sids)
+        assert len(sockets) >= 10 and [s for s in sockets if not is_loopback(s[0])] == [], sockets
 
         for run_id in runs:
             ok(cli("eval", run_id, "--steps", "inf", "--repeats", "2", env=env))
@@ -169,6 +250,27 @@ def test_platform_end_to_end(tmp_path):
         listed = json.loads(ok(cli("runs", "list", "--experiment", "e2e", "--json", env=env)).stdout)
         assert {r["run_id"] for r in listed} == set(runs)
         assert all("test_bits_inf" in r["metrics"] for r in listed)
+
+        # kill -9 of the S3 server loses no acknowledged object; status says where they are
+        s3_env_keys = json.loads(creds_json.read_text())
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id=s3_env_keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=secret)
+
+        def objects():
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket="bfn")
+            return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+        stored = objects()
+        assert len(stored) > 20
+        s3_pid = up["services"][0]["pid"]
+        os.killpg(s3_pid, 9)
+        dead = cli("stack", "status", "--json", env=base)
+        assert dead.returncode == 1
+        s3_row = json.loads(dead.stdout)[0]
+        assert s3_row["state"] == "dead" and f"{len(stored)} objects" in s3_row["detail"], s3_row
+        restarted = json.loads(ok(cli("stack", "up", "--ports", port_arg, "--json", env=base)).stdout)
+        sids |= {s["pid"] for s in restarted["services"]}
+        assert objects() == stored
 
         # down / up: the shards (S3) and the run's artifacts (MLflow) survive
         before = json.loads(ok(cli("runs", "show", runs[1], "--json", env=env)).stdout)["artifacts"]

@@ -1,7 +1,8 @@
 """Fuzzing the edge: a seeded corpus of broken configs and sweep specs, each of which must be refused
 with one clear line (a PipelineError naming the file) and never an unexpected exception, which the
 command line would show as `error: TypeError: ...`. Values are drawn from a fixed set of bad ones
-(wrong types, signs, sizes, special floats, structure)."""
+(wrong types, signs, sizes, special floats, structure). Every refused case also goes through the
+command line itself (`bfn check`, `bfn sweep`, in-process): exit 1, one `error:` line, no traceback."""
 from __future__ import annotations
 
 import random
@@ -63,13 +64,27 @@ def _refused_in_one_line(load, text: str, path: Path) -> bool:
     return False  # some draws are valid (a bad value replaced by another valid one)
 
 
-def test_broken_configs_get_one_clear_line(tmp_path):
-    refused = sum(_refused_in_one_line(load_config, text, tmp_path / "c.yaml")
-                  for text in _corpus(REPO / "configs" / "digits_discretised.yaml", 260, seed=0))
+def _cli_refuses(argv: list[str], capsys) -> None:
+    """`bfn ARGV` exits 1 with one `error:` line naming the problem: no traceback, no unexpected exception."""
+    from bfn_platform.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and "--debug" not in err, err  # "rerun with --debug" marks an unexpected exception
+
+
+def test_broken_configs_get_one_clear_line(tmp_path, capsys):
+    refused = 0
+    for text in _corpus(REPO / "configs" / "digits_discretised.yaml", 260, seed=0):
+        if _refused_in_one_line(load_config, text, tmp_path / "c.yaml"):
+            refused += 1
+            _cli_refuses(["check", str(tmp_path / "c.yaml"), "--no-data"], capsys)
     assert refused >= 200, refused
 
 
-def test_broken_sweep_specs_get_one_clear_line(tmp_path):
+def test_broken_sweep_specs_get_one_clear_line(tmp_path, capsys):
     base = REPO / "configs" / "sweeps" / "digits_sigma.yaml"
     spec_dir = tmp_path / "sweeps"
     spec_dir.mkdir()
@@ -78,7 +93,11 @@ def test_broken_sweep_specs_get_one_clear_line(tmp_path):
     def load(path):
         return check_spec(load_spec(path))
 
-    refused = sum(_refused_in_one_line(load, text, spec_dir / "s.yaml") for text in _corpus(base, 220, seed=1))
+    refused = 0
+    for text in _corpus(base, 220, seed=1):
+        if _refused_in_one_line(load, text, spec_dir / "s.yaml"):  # refused before Ray starts, so safe to run
+            refused += 1
+            _cli_refuses(["sweep", str(spec_dir / "s.yaml")], capsys)
     assert refused >= 200, refused
 
 

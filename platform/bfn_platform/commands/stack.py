@@ -1,10 +1,11 @@
 """`bfn stack up|status|down`: real services on loopback for a multi-process setup on one machine.
 
-up:     moto's S3 server (bucket `bfn`), an MLflow tracking server (SQLite store, proxied artifacts on
-        local disk), a Ray head node on 127.0.0.2 and a worker node on 127.0.0.3 (dashboard and Jobs
-        API on 127.0.0.1, token authentication on); writes $BFN_HOME/stack.env. Idempotent.
+up:     an S3 server (bucket `bfn`, checked credentials, every object written through to disk), an
+        MLflow tracking server (SQLite store, proxied artifacts on local disk), a Ray head and a worker
+        node (token authentication on), every socket on 127.0.0.1; writes $BFN_HOME/stack.env.
+        Idempotent; a failed start leaves nothing behind.
 status: each service's health, asked of the service itself; every Ray node must be on 127.x.
-down:   saves the S3 buckets to $BFN_HOME/stack/s3, then stops exactly the processes `up` started.
+down:   stops exactly the processes `up` started; all data is already on disk.
 """
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ EPILOG = """examples:
   bfn stack up --ports ray=26379,dashboard=28265,client=20001,mlflow=25000,s3=29000 --home /tmp/bfn2   # outside 10002-19999
   bfn stack down
 
-Data kept in the stack survives `down` / `up`: MLflow's store and artifacts live on disk under
-HOME/stack/, and `down` saves the S3 buckets' objects to HOME/stack/s3 (restored by `up`).
+Data kept in the stack survives `down` / `up` and a crash of any service: MLflow's store and
+artifacts live on disk under HOME/stack/, and the S3 server writes each object to HOME/stack/s3-store
+before acknowledging it.
 """
 
 
 def register(sub) -> None:
     ssub = group(sub, "stack", __doc__, help="start / check / stop the local services (Ray, MLflow, S3) on loopback", epilog=EPILOG)
     for name, helptext in (("up", "start what is not running and write the env file"),
-                           ("status", "health of each service"), ("down", "save S3 data, stop what `up` started")):
+                           ("status", "health of each service"), ("down", "stop what `up` started")):
         s = subcommand(ssub, name, help=helptext, epilog=EPILOG)
         s.add_argument("--home", metavar="DIR", help="state folder (default: $BFN_HOME, else ./.bfn)")
         if name == "up":
