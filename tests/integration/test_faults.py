@@ -20,25 +20,17 @@ from pathlib import Path
 import pytest
 
 from services import free_port, start_mlflow, stop_process_group
+from tiny import tiny_digits_config
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "digits_discretised.yaml"
 
 
 def _config(shards: Path, tmp: Path, **overrides):
-    from pipelines.config import load_config
-
-    sets = {
-        "data.train": shards / "train" / "manifest.json", "data.val": shards / "val" / "manifest.json",
-        "data.test": shards / "test" / "manifest.json", "training.steps": 200, "training.checkpoint_every": 10,
-        "training.val_every": 10**6, "training.log_every": 5, "training.val_batches": 1, "training.num_samples": 4,
-        "training.sample_steps": 5, "scaling.num_workers": 1, "scaling.max_failures": 2,
-        "storage.path": tmp / "ray_results", "model.width": 16, "tracking.experiment": f"faults-{uuid.uuid4().hex[:8]}",
-    }
-    sets.update(overrides)
-    return load_config(CONFIG, {k: str(v) if isinstance(v, Path) else v for k, v in sets.items()})
+    """The tiny digits run, one worker, two retries allowed (so a retry would show), its own experiment."""
+    sets = {"training.steps": 200, "training.val_every": 10**6, "training.val_batches": 1, "scaling.num_workers": 1,
+            "scaling.max_failures": 2, "tracking.experiment": f"faults-{uuid.uuid4().hex[:8]}"}
+    return tiny_digits_config(shards, tmp, **{**sets, **overrides})
 
 
 def _controller_records(cluster, needle: str) -> list[dict]:

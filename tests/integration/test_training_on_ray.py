@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny import tiny_digits_config
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -15,17 +17,7 @@ CONFIG = REPO / "configs" / "digits_discretised.yaml"
 
 
 def _config(shards: Path, tmp: Path, **overrides):
-    from pipelines.config import load_config
-
-    sets = {
-        "data.train": shards / "train" / "manifest.json", "data.val": shards / "val" / "manifest.json",
-        "data.test": shards / "test" / "manifest.json", "training.steps": 30, "training.checkpoint_every": 10,
-        "training.val_every": 15, "training.log_every": 5, "training.val_batches": 2, "training.num_samples": 4,
-        "training.sample_steps": 5, "scaling.num_workers": 2, "storage.path": tmp / "ray_results",
-        "model.width": 16, "tracking.experiment": "integration",
-    }
-    sets.update(overrides)
-    return load_config(CONFIG, {k: str(v) if isinstance(v, Path) else v for k, v in sets.items()})
+    return tiny_digits_config(shards, tmp, **overrides)
 
 
 def _cli(*args, env_extra=None, cwd=None):
