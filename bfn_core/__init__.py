@@ -2,9 +2,9 @@
 
 Paper concepts map to classes: BayesianFlow (flows.py), output distributions and their factories
 (distributions.py), Loss (losses.py), samplers as plain functions over a time grid with their registry
-(samplers.py; BFN-Solvers in solvers.py, grids in time_grids.py), the BFN module (bfn.py), likelihood
-evaluation (likelihood.py), networks (networks/), and builders that tie a data kind to all of these
-(factory.py). Every error a user can fix is a BfnError (errors.py).
+(samplers.py; BFN-Solvers in solvers.py, grids in time_grids.py, classifier-free guidance in guidance.py,
+inpainting in inpainting.py), the BFN module (bfn.py), likelihood evaluation (likelihood.py), networks
+(networks/), and builders that tie a data kind to all of these (factory.py). Every error a user can fix is a BfnError (errors.py).
 
 Names are imported on first use (PEP 562): `from bfn_core.errors import BfnError`, which every
 layer's errors derive from, must not pay for importing torch (the command line's --help does it).
@@ -17,11 +17,13 @@ from typing import Any
 _EXPORTS = {
     "BFN": "bfn",
     "bin_centres": "discretised_ops", "bin_index": "discretised_ops",
-    "CategoricalFactory": "distributions", "CategoricalOutput": "distributions", "DeltaDistribution": "distributions",
+    "BinnedCategorical": "distributions", "CategoricalFactory": "distributions", "CategoricalOutput": "distributions", "DeltaDistribution": "distributions",
     "DiscretisedNormal": "distributions", "DiscretisedNormalFactory": "distributions",
     "NoisePredictionFactory": "distributions",
     "BfnError": "errors",
     "BayesianFlow": "flows", "ContinuousBayesianFlow": "flows", "DiscreteBayesianFlow": "flows",
+    "GUIDANCE_SPACES": "guidance", "guided_distribution": "guidance", "guided_output_fn": "guidance",
+    "Inpainting": "inpainting",
     "DEFAULT_STEPS": "likelihood", "LikelihoodAccumulator": "likelihood", "LikelihoodTable": "likelihood",
     "accumulate_likelihood": "likelihood", "evaluate_likelihood": "likelihood", "parse_steps": "likelihood",
     "steps_label": "likelihood",

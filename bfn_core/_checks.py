@@ -68,3 +68,28 @@ def check_class_indices(x: torch.Tensor, k: int) -> None:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi >= k:
             raise BfnError(f"class index out of range: x must lie in [0, K) = [0, {k}), got values in [{lo}, {hi}]")
+
+
+def check_label_classes(n: int) -> int:
+    """Number of class labels a conditional network takes (0: unconditional)."""
+    if isinstance(n, bool) or int(n) != n or int(n) < 0:
+        raise BfnError(f"num_classes (class labels of a conditional network) must be an integer >= 0 (0: unconditional), got {n}")
+    return int(n)
+
+
+def check_label_dtype(y: torch.Tensor, batch: int) -> None:
+    """Labels are integer class ids of shape (B,); the range is checked by check_labels (it reads the values)."""
+    if torch.is_floating_point(y) or torch.is_complex(y) or y.dtype == torch.bool:
+        raise BfnError(f"labels y must be integer class ids (a LongTensor of shape (B,)), got dtype {y.dtype}")
+    if tuple(y.shape) != (batch,):
+        raise BfnError(f"labels y must have shape (B,) = ({batch},), one class id per example, got {tuple(y.shape)}")
+
+
+def check_labels(y: torch.Tensor, num_classes: int, batch: int) -> None:
+    """Class ids in [0, num_classes]; num_classes itself is the null (unconditional) class."""
+    check_label_dtype(y, batch)
+    if y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi > num_classes:
+            raise BfnError(f"labels y must lie in [0, {num_classes}] ({num_classes} = the null class), "
+                           f"got values in [{lo}, {hi}]")

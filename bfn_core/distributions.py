@@ -140,6 +140,35 @@ class DiscretisedNormal(OutputDistribution):
         return (2.0 * bin_index(z, self.K).to(self.mu_x.dtype) + 1.0) / self.K - 1.0
 
 
+class BinnedCategorical(OutputDistribution):
+    """Free probabilities p(k) over the K bin centres of discretised data (what parameter-space guidance returns)."""
+
+    def __init__(self, probs: Tensor):
+        self.probs, self.K = probs, probs.shape[-1]
+
+    def _centres(self) -> Tensor:
+        return bin_centres(self.K, self.probs.device, self.probs.dtype)
+
+    def log_probs(self) -> Tensor:
+        """ln p(k) for every bin (-inf for empty bins)."""
+        return self.probs.log()
+
+    @property
+    def mean(self):
+        """sum_k p_k c_k, the binned mean the discretised solvers and L^inf use."""
+        return (self.probs * self._centres()).sum(-1)
+
+    @property
+    def mode(self):
+        return self._centres()[self.probs.argmax(-1)]
+
+    def sample(self, generator=None):
+        """A bin centre drawn with p(k): inverse CDF of one uniform per dimension."""
+        cdf = self.probs.cumsum(-1)
+        u = torch.rand(cdf.shape[:-1], generator=generator, device=cdf.device, dtype=cdf.dtype).unsqueeze(-1) * cdf[..., -1:]
+        return self._centres()[(cdf <= u).sum(-1).clamp_max(self.K - 1)]
+
+
 class CategoricalOutput(OutputDistribution):
     """Discrete data: p_O = softmax(logits) over K classes per dimension (eq. 171); Bernoulli for K = 2."""
 

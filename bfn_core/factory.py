@@ -41,13 +41,17 @@ def make_loss(kind: str, *, num_classes: int | None = None, sigma_1: float | Non
 
 def make_bfn(kind: str, data_shape: tuple[int, ...], *, network: str = "mlp", num_classes: int | None = None,
              sigma_1: float | None = None, beta_1: float | None = None, reconstruction_std_scale: float = 1.0,
-             receiver: Receiver = "mixture", **net_kwargs) -> BFN:
+             receiver: Receiver = "mixture", label_classes: int = 0, **net_kwargs) -> BFN:
     """A BFN for examples of shape data_shape (no batch dimension): (H, W, C) images, (L,) sequences, (D,) vectors.
-    The loss options (reconstruction_std_scale, receiver) are make_loss's."""
+    The loss options (reconstruction_std_scale, receiver) are make_loss's. label_classes > 0 makes it conditional
+    on class labels 0..label_classes - 1 (the network's num_classes; label_classes is the null class); num_classes
+    here is the data's K."""
     loss = make_loss(kind, num_classes=num_classes, sigma_1=sigma_1, beta_1=beta_1,
                      reconstruction_std_scale=reconstruction_std_scale, receiver=receiver)
     cin, cout = loss.flow.net_in_channels, loss.factory.net_out_channels
     data_shape = tuple(data_shape)
+    if label_classes:  # absent for unconditional models: networks built by older callers see the same arguments
+        net_kwargs["num_classes"] = label_classes
     net: nn.Module
     if network == "mlp":
         net = MLP(data_shape, cin, cout, **net_kwargs)

@@ -236,14 +236,17 @@ def accumulate_likelihood(
 
     Each repeat draws (t, theta, y) afresh for every example; L^r is drawn once per repeat and shared
     by the step counts. Runs the model in eval mode (no dropout) and restores its mode after.
+    A batch may be a pair (x, labels) for a conditional model: the bound is then on -ln p(x | labels).
     """
     acc = accumulator
     was_training = bfn.training
     bfn.eval()
     try:
-        for x in batches:
-            recon = torch.stack([bfn.reconstruction_loss(x, generator) for _ in range(acc.n_repeats)])
-            bounds = {s: torch.stack([bfn.loss(x, s, generator, n_mc) for _ in range(acc.n_repeats)]) + recon
+        for batch in batches:
+            x, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+            cond = {} if labels is None else {"y": labels}  # unconditional calls stay as they were
+            recon = torch.stack([bfn.reconstruction_loss(x, generator, **cond) for _ in range(acc.n_repeats)])
+            bounds = {s: torch.stack([bfn.loss(x, s, generator, n_mc, **cond) for _ in range(acc.n_repeats)]) + recon
                       for s in acc.steps}
             acc.add_batch(bounds, dims=x[0].numel())
             if progress is not None:

@@ -1,7 +1,7 @@
 """Samplers in the style of k-diffusion: plain functions with one signature over an explicit time grid.
 
     sampler(output_fn, flow, shape, times, *, generator=None, callback=None, final="sample",
-            drop_last=False, return_trajectory=False, device=None)
+            drop_last=False, return_trajectory=False, device=None, observed=None, mask=None)
 
 - output_fn(theta, t) returns p_O(. | theta; t) (BFN.output_distribution); t is (B,).
 - times: a 1-D grid t_0 < ... < t_n = 1 (a TIME_GRIDS function builds one): n steps, n + 1 calls of output_fn.
@@ -9,6 +9,9 @@
   "t" (where p_O was evaluated), "theta", "output" (the OutputDistribution)}.
 - final: "sample" draws from p_O(. | theta; t_n) (the paper's algorithms 3, 6, 9), "mode" takes its mode
   (the reference code); drop_last takes it from t_{n-1} instead (the BFN-Solver code's `last_drop`).
+- observed, mask: inpainting (inpainting.py): mask (bool, the data's shape) marks the known coordinates,
+  whose state follows p_F(theta | observed; t) at every step; the samples equal observed on the mask.
+- Guidance: pass a guided output_fn (guidance.guided_output_fn, or BFN.sample's y / guidance).
 - Returns samples of shape `shape` (class indices for discrete data); with return_trajectory also
   [theta_0, ..., theta_n].
 

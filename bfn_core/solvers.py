@@ -29,6 +29,7 @@ from bfn_core._checks import check_choice
 from bfn_core.distributions import OutputDistribution
 from bfn_core.errors import BfnError
 from bfn_core.flows import BayesianFlow, ContinuousBayesianFlow, DiscreteBayesianFlow, Params
+from bfn_core.inpainting import Inpainting
 from bfn_core.time_grids import check_times
 
 OutputFn = Callable[[Params, Tensor], OutputDistribution]
@@ -143,14 +144,21 @@ StepRule = Callable[..., Tensor]
 @torch.no_grad()
 def integrate(rule: StepRule, output_fn: OutputFn, flow: BayesianFlow, shape, times, *, generator=None,
               callback=None, final: str = "sample", drop_last: bool = False, return_trajectory: bool = False,
-              device=None, start_above_zero: bool = False, who: str = "sampler"):
-    """Run `rule` over the grid: p_O at each t_i drives step i; the result comes from p_O at t_n (or t_{n-1} with drop_last)."""
+              device=None, start_above_zero: bool = False, who: str = "sampler", observed=None, mask=None):
+    """Run `rule` over the grid: p_O at each t_i drives step i; the result comes from p_O at t_n (or t_{n-1} with drop_last).
+
+    With observed and mask (inpainting.py), the known coordinates' state is redrawn from p_F(. | observed; t_i)
+    before every network call and the result equals observed on the mask.
+    """
     final = check_choice(final, FINALS, "final")
     ts = check_times(times, start_above_zero=start_above_zero, who=who)
     shape, n = tuple(shape), len(ts) - 1
     path = path_for(flow, shape, device)
+    inpaint = None if observed is None and mask is None else Inpainting(flow, observed, mask, shape, device)
     state, memory, trajectory = path.init(ts[0], generator), {}, []
     for i in range(n + 1):
+        if inpaint is not None:
+            state = inpaint.known_state(state, ts[i], generator)
         theta = path.theta(state, ts[i])
         if return_trajectory:
             trajectory.append(theta)
@@ -163,6 +171,8 @@ def integrate(rule: StepRule, output_fn: OutputFn, flow: BayesianFlow, shape, ti
             break  # the solver code's `last_drop`: the last output is the result, one network call fewer
         state = rule(path, state, out, i, ts, memory, generator)
     result = out.sample(generator) if final == "sample" else out.mode
+    if inpaint is not None:
+        result = inpaint.result(result)
     return (result, trajectory) if return_trajectory else result
 
 

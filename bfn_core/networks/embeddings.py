@@ -6,6 +6,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from bfn_core._checks import check_label_classes, check_label_dtype
+from bfn_core.errors import BfnError
+
 
 def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, endpoint: bool = False) -> Tensor:
     """Transformer-style sinusoidal features (sin, cos) of scale * t.
@@ -57,3 +60,41 @@ def fourier_features(x: Tensor, exponents: tuple[int, ...], dim: int = 1) -> Ten
         return x
     args = torch.cat([(2.0 * math.pi * 2.0**e) * x for e in exponents], dim)
     return torch.cat([x, args.sin(), args.cos()], dim)
+
+
+class LabelEmbedding(nn.Module):
+    """Class-label embedding e(y) for conditional networks: num_classes classes and a learned null class.
+
+    Index num_classes is the null class (y = None means it for every example): classifier-free guidance
+    (Ho & Salimans, 2022) trains it by label dropout and reads the unconditional output through it.
+    Zero-initialised, so a fresh conditional network computes what the unconditional one does.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, y: Tensor | None, batch: int, device) -> Tensor:
+        """e(y), shape (B, dim); the null class's embedding where y is None."""
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        check_label_dtype(y, batch)
+        return self.table(y.to(device=device, dtype=torch.long))
+
+
+def label_embedding(num_classes: int, dim: int) -> LabelEmbedding | None:
+    """A LabelEmbedding for num_classes > 0; None (no parameters, no state_dict keys) for an unconditional network."""
+    n = check_label_classes(num_classes)
+    return LabelEmbedding(n, dim) if n else None
+
+
+def add_label(label: LabelEmbedding | None, emb: Tensor, y: Tensor | None) -> Tensor:
+    """emb + e(y), e(y) broadcast over emb's middle dimensions (tokens); emb itself for an unconditional network."""
+    if label is None:
+        if y is not None:
+            raise BfnError("this network is unconditional (num_classes=0): build it with num_classes > 0 to pass labels y")
+        return emb
+    e = label(y, emb.shape[0], emb.device).to(emb.dtype)
+    return emb + e.reshape(emb.shape[0], *([1] * (emb.dim() - 2)), e.shape[-1])

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from bfn_core._checks import check_choice
 from bfn_core.errors import BfnError
-from bfn_core.networks.embeddings import sinusoidal_positions
+from bfn_core.networks.embeddings import add_label, label_embedding, sinusoidal_positions
 
 POSITIONS = ("learned", "sinusoidal")
 
@@ -72,11 +72,16 @@ class Transformer(nn.Module):
     `bias` switches the biases of the blocks, the final norm and the head (the input, position and
     time embeddings keep theirs, as in the reference). With skip the head also sees the input
     embedding. positions is "learned" or "sinusoidal" (fixed, the reference's text8 setting).
+
+    num_classes > 0 makes it conditional: a class embedding (index num_classes = the null class) is added to
+    every token, as the time embedding is. A bias rather than an extra token: the sequence keeps its length
+    L, so positions, attention and the output (one row per data position) are those of the unconditional
+    network, and the label reaches every position from the first layer on, as t does.
     """
 
     def __init__(self, seq_len: int, in_channels: int, out_channels: int, width: int = 128, depth: int = 2,
                  heads: int = 4, dropout: float = 0.0, bias: bool = True, skip: bool = False,
-                 positions: str = "learned"):
+                 positions: str = "learned", num_classes: int = 0):
         super().__init__()
         self.skip = skip
         self.inp = nn.Linear(in_channels, width)
@@ -90,6 +95,9 @@ class Transformer(nn.Module):
         self.ln = nn.LayerNorm(width, bias=bias)
         self.out = nn.Linear((2 if skip else 1) * width, out_channels, bias=bias)
         self._init_weights(depth)
+        # Built after the GPT-2 initialisation, which would redraw it; zero, as LabelEmbedding starts.
+        self.label = label_embedding(num_classes, width)
+        self.num_classes = int(num_classes)
 
     @torch.no_grad()
     def _init_weights(self, depth: int) -> None:
@@ -103,10 +111,11 @@ class Transformer(nn.Module):
                 std = 0.02 / math.sqrt(2 * depth) if name.endswith("proj.weight") else 0.02
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         b, n = x.shape[:2]
         x = x.reshape(b, n, -1)
         e = self.inp(x) + self.pos[:, :n] + self.time((2.0 * t - 1.0).to(x.dtype).reshape(b, 1, 1))
+        e = add_label(self.label, e, y)
         h = self.drop(e)
         for block in self.blocks:
             h = block(h)

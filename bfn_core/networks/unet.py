@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from bfn_core.networks.blocks import ResAttnBlock, ResBlock, SpatialAttention, group_norm, is_timed, zero_init
-from bfn_core.networks.embeddings import TimeEmbedding, fourier_features
+from bfn_core.networks.embeddings import TimeEmbedding, add_label, fourier_features, label_embedding
 
 
 class Downsample(nn.Module):
@@ -49,7 +49,8 @@ class UNet(nn.Module):
     time_channel appends 2t - 1 as an input channel (the reference's MNIST input adapter does);
     project_input maps each pixel's input features linearly to `width` channels before the stem;
     with head_channels the conv head outputs that many channels and a per-pixel linear layer makes the
-    output, seeing the (projected) input as well when skip is set.
+    output, seeing the (projected) input as well when skip is set. num_classes > 0 makes it conditional:
+    a class embedding added to the time embedding (index num_classes = the null class).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class UNet(nn.Module):
         project_input: bool = False,
         skip: bool = False,
         head_channels: int | None = None,
+        num_classes: int = 0,
     ):
         super().__init__()
         h, w, c = image_shape
@@ -118,8 +120,11 @@ class UNet(nn.Module):
         # The reference's output adapter: a per-pixel linear map (default init) from the head's features.
         skip_ch = (width if project_input else raw) if skip else 0
         self.out = None if head_channels is None else nn.Linear(head_channels + skip_ch, c * out_channels)
+        # Built last: the other layers draw the same initial weights as the unconditional network's.
+        self.label = label_embedding(num_classes, tdim)
+        self.num_classes = int(num_classes)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         b, (h, w, c) = x.shape[0], self.image_shape
         x = x.reshape(b, h, w, -1)  # channel-last (B, H, W, C * C_in)
         feats = fourier_features(x, self.fourier_exponents, dim=-1)
@@ -128,7 +133,7 @@ class UNet(nn.Module):
             x, feats = torch.cat([x, tmap], -1), torch.cat([feats, tmap], -1)
         if self.project is not None:
             x = feats = self.project(feats)
-        temb = self.time(t)
+        temb = add_label(self.label, self.time(t), y)
         hs = [self.stem(feats.permute(0, 3, 1, 2))]
         for layer in self.down:
             hs.append(layer(hs[-1], temb) if is_timed(layer) else layer(hs[-1]))

@@ -13,11 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from bfn_core.networks.blocks import ResAttnBlock, ResBlock, SpatialAttention, group_norm, zero_init
-from bfn_core.networks.embeddings import TimeEmbedding, fourier_features
+from bfn_core.networks.embeddings import TimeEmbedding, add_label, fourier_features, label_embedding
 
 
 class VDMUNet(nn.Module):
-    """VDM U-Net at full resolution; Fourier features of the input mean in, a per-pixel linear head out."""
+    """VDM U-Net at full resolution; Fourier features of the input mean in, a per-pixel linear head out.
+
+    num_classes > 0 makes it conditional: a class embedding added to the time embedding (index num_classes = null).
+    """
 
     def __init__(
         self,
@@ -31,6 +34,7 @@ class VDMUNet(nn.Module):
         norm_groups: int | None = 32,
         fourier_exponents: tuple[int, ...] = (5, 6),
         attention_everywhere: bool = False,
+        num_classes: int = 0,
     ):
         super().__init__()
         h, w, c = image_shape
@@ -54,11 +58,15 @@ class VDMUNet(nn.Module):
         self.head = nn.Sequential(group_norm(width, norm_groups), nn.SiLU(), zero_init(nn.Conv2d(width, width, 3, padding=1)))
         # The reference's output adapter: a per-pixel linear map of [input mean, head features] (default init).
         self.out = nn.Linear(raw + width, c * out_channels)
+        # Built last: the other layers draw the same initial weights as the unconditional network's.
+        self.label = label_embedding(num_classes, tdim)
+        self.num_classes = int(num_classes)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         b, (h, w, c) = x.shape[0], self.image_shape
         x = x.reshape(b, h, w, -1)  # channel-last (B, H, W, C * C_in)
-        temb = self.time(t + 1e-3)  # the reference offsets t by 1/1000 (t * 1000 >= 1 in the embedding)
+        # The reference offsets t by 1/1000 (t * 1000 >= 1 in the embedding).
+        temb = add_label(self.label, self.time(t + 1e-3), y)
         z = self.stem(fourier_features(x, self.fourier_exponents, dim=-1).permute(0, 3, 1, 2))
         hs = [z]
         for layer in self.down:
