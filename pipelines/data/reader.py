@@ -4,7 +4,9 @@ Every DataLoader worker of every rank yields the same number of samples per epoc
 the manifest before anything is read (epoch_plan.py says how), so every rank yields the same
 number of batches and DDP never waits on a rank that ran dry; ``make_loader`` returns that number.
 Training may ignore ``pad`` (a repeated sample is harmless); evaluation must mask padded samples
-so that each sample counts exactly once: ``batch["pad"]`` is a bool tensor (B,).
+so that each sample counts exactly once: ``batch["pad"]`` is a bool tensor (B,).  A set with class
+labels (``manifest.has_labels``) also gives ``batch["y"]``, a LongTensor (B,); ``labels=True``
+insists on them (ManifestError for a set without), ``labels=False`` leaves them out.
 
 Samples are read in blocks (shard_blocks.py) and the read-time transform (transforms.py) runs on
 whole blocks.  A missing or corrupt shard raises ShardError naming it and its manifest, or with
@@ -51,14 +53,15 @@ class ShardSkippedWarning(UserWarning):
 # ---------------------------------------------------------------------------------------- dataset
 
 class ShardDataset(IterableDataset):
-    """The samples of one rank, split across its DataLoader workers, as dicts
-    ``{"__key__": str, "x": Tensor, "pad": bool}`` (see the module docstring for the scheme).
+    """The samples of one rank, split across its DataLoader workers, as dicts ``{"__key__": str, "x":
+    Tensor, "pad": bool}`` (+ ``"y"``, a LongTensor scalar, with ``labels``); the scheme: module docstring.
 
     Use :func:`shard_dataset` or :func:`make_loader` to build one.
     """
 
     def __init__(self, manifest: Manifest, *, rank: int, world_size: int, transform: Transform,
-                 shuffle: bool, shuffle_buffer: int, seed: int, epoch: int, verify_sha256: bool, on_corrupt: str):
+                 shuffle: bool, shuffle_buffer: int, seed: int, epoch: int, verify_sha256: bool, on_corrupt: str,
+                 labels: bool = False):
         super().__init__()
         self.manifest = manifest
         self.rank, self.world_size = rank, world_size
@@ -66,6 +69,7 @@ class ShardDataset(IterableDataset):
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.seed, self.epoch = seed, epoch
         self.verify_sha256, self.on_corrupt = verify_sha256, on_corrupt
+        self.labels = bool(labels and manifest.require_labels())  # a set without: ManifestError naming it
         self._counts = [s.num_samples for s in manifest.shards]
         self._reader = BlockReader(manifest, verify_sha256=verify_sha256)
         self._skipped = self._new_skip_flags()
@@ -134,32 +138,35 @@ class ShardDataset(IterableDataset):
         samples = self._samples(plan, transform_rng(self.seed, self.epoch, slot))
         if self.shuffle and self.shuffle_buffer > 1:
             samples = shuffled(samples, self.shuffle_buffer, shuffle_buffer_rng(self.seed, self.epoch, slot))
-        for key, x, pad in samples:
-            yield {"__key__": key, "x": torch.from_numpy(x), "pad": pad}
+        for key, x, y, pad in samples:
+            item = {"__key__": key, "x": torch.from_numpy(x), "pad": pad}
+            if self.labels:
+                item["y"] = y
+            yield item
 
-    def _samples(self, plan: SlotPlan, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray, bool]]:
-        """Exactly ``plan.per_slot`` (key, transformed array, pad) triples, in read order.
+    def _samples(self, plan: SlotPlan, rng: np.random.Generator) -> Iterator[tuple[str, np.ndarray, Any, bool]]:
+        """Exactly ``plan.per_slot`` (key, transformed array, label tensor or None, pad), in read order.
 
         The transform runs on whole blocks (one numpy call per block, not per sample); it runs as
         samples are read, so every read of a sample (a pad re-read included) draws afresh.
         """
         bad: set[int] = set()
         produced = 0
-        first: tuple[str, np.ndarray] | None = None
+        first: tuple[str, np.ndarray, Any] | None = None
         for piece in plan.pieces:
-            for keys, block in self._blocks(piece, bad):
-                out = self.transform(block, rng)
+            for keys, block, y in self._blocks(piece, bad):
+                out, y = self.transform(block, rng), self._label_items(y, len(keys))
                 if first is None:
-                    first = (keys[0], out[0].copy())
+                    first = (keys[0], out[0].copy(), y[0])
                 produced += len(keys)
                 for i, key in enumerate(keys):
                     # a copy: a row kept in the shuffle buffer must not keep its whole block alive
-                    yield key, out[i].copy(), False
+                    yield key, out[i].copy(), y[i], False
         need = plan.per_slot - produced
         if need <= 0:
             return
         if need == 1 and first is not None:
-            yield first[0], first[1], True
+            yield *first, True
             return
         sources = plan.pieces if produced else plan.pad_pieces
         while need > 0:
@@ -167,10 +174,10 @@ class ShardDataset(IterableDataset):
             for piece in sources:
                 if piece.shard in bad:
                     continue
-                for keys, block in self._blocks(piece, bad, report=False):
-                    out = self.transform(block, rng)
+                for keys, block, y in self._blocks(piece, bad, report=False):
+                    out, y = self.transform(block, rng), self._label_items(y, len(keys))
                     for i, key in enumerate(keys[:need]):
-                        yield key, out[i].copy(), True
+                        yield key, out[i].copy(), y[i], True
                     got += min(len(keys), need)
                     need -= min(len(keys), need)
                     if need == 0:
@@ -180,14 +187,20 @@ class ShardDataset(IterableDataset):
                               "samples marked pad=True", ShardSkippedWarning, stacklevel=2)
                 field = self.manifest.field
                 zero = self.transform(np.zeros((need, *field.shape), dtype=field.dtype), rng)
+                zero_y = self._label_items(np.zeros(need, dtype=np.int64), need)
                 for i in range(need):
-                    yield "__zero__", zero[i].copy(), True
+                    yield "__zero__", zero[i].copy(), zero_y[i], True
                 return
+
+    def _label_items(self, y: np.ndarray | None, m: int) -> tuple:
+        """A block's labels as LongTensor scalars (None without ``labels``): views of one small copy, a fifth
+        of a torch.tensor's cost, and no hold on the block's read buffer from the shuffle buffer."""
+        return torch.from_numpy(y.copy()).unbind() if self.labels else (None,) * m
 
     # -- reading one piece of one shard
 
     def _blocks(self, piece: Piece, bad: set[int], report: bool = True) -> Iterator[Block]:
-        """The piece's stored samples as (keys, array (m, *shape)) blocks.
+        """The piece's stored samples as (keys, array (m, *shape), labels (m,) or None) blocks.
 
         A missing or corrupt shard raises ShardError naming it and the manifest, or with
         ``on_corrupt="skip"`` is skipped (warned about and counted once, unless ``report`` is off).
@@ -209,7 +222,8 @@ class ShardDataset(IterableDataset):
 
 def shard_dataset(manifest_url: str | Manifest, *, rank: int, world_size: int, data_kind: str | None = None,
                   num_classes: int | None = None, shuffle: bool = True, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                  seed: int = 0, epoch: int = 0, verify_sha256: bool = False, on_corrupt: str = "raise") -> ShardDataset:
+                  seed: int = 0, epoch: int = 0, verify_sha256: bool = False, on_corrupt: str = "raise",
+                  labels: bool | None = None) -> ShardDataset:
     """The IterableDataset of rank ``rank`` of ``world_size`` over the shard set of ``manifest_url``.
 
     Items are ``{"__key__": str, "x": Tensor, "pad": bool}`` with ``x`` in bfn_core's convention
@@ -220,7 +234,8 @@ def shard_dataset(manifest_url: str | Manifest, *, rank: int, world_size: int, d
     ``verify_sha256`` downloads each shard whole and checks it against the manifest before use.
     A missing or corrupt shard raises :class:`ShardError` (naming the shard and the manifest), or
     with ``on_corrupt="skip"`` is skipped with a :class:`ShardSkippedWarning` and listed in
-    ``dataset.skipped_shards``.
+    ``dataset.skipped_shards``.  ``labels``: yield ``"y"`` (None: where the set has labels; True:
+    a set without them is a ManifestError naming it and the fix; False: never).
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise PipelineError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size})")
@@ -233,18 +248,21 @@ def shard_dataset(manifest_url: str | Manifest, *, rank: int, world_size: int, d
     transform = make_transform(manifest.field, data_kind, num_classes, default=manifest.default_read)
     return ShardDataset(manifest, rank=rank, world_size=world_size, transform=transform, shuffle=shuffle,
                         shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch, verify_sha256=verify_sha256,
-                        on_corrupt=on_corrupt)
+                        on_corrupt=on_corrupt, labels=manifest.has_labels if labels is None else labels)
 
 
 # ----------------------------------------------------------------------------------------- loader
 
 def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Items -> ``{"x": (B, *shape), "__key__": [B keys], "pad": bool (B,)}``."""
-    return {
+    """Items -> ``{"x": (B, *shape), "__key__": [B keys], "pad": bool (B,)}`` and ``"y"`` (B,) if labelled."""
+    batch = {
         "x": torch.stack([it["x"] for it in items]),
         "__key__": [it["__key__"] for it in items],
         "pad": torch.tensor([it["pad"] for it in items], dtype=torch.bool),
     }
+    if "y" in items[0]:
+        batch["y"] = torch.stack([it["y"] for it in items])
+    return batch
 
 
 class ShardLoader:
@@ -292,10 +310,11 @@ def make_loader(manifest_url: str | Manifest, *, batch_size: int, rank: int, wor
                 data_kind: str | None = None, num_classes: int | None = None, shuffle: bool = True,
                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, seed: int = 0, epoch: int = 0, drop_last: bool = False,
                 verify_sha256: bool = False, on_corrupt: str = "raise", pin_memory: bool = False,
-                prefetch_factor: int | None = 2) -> tuple[ShardLoader, int]:
+                prefetch_factor: int | None = 2, labels: bool | None = None) -> tuple[ShardLoader, int]:
     """Batches for rank ``rank`` and the number of batches per epoch that *every* rank yields.
 
-    Batches are ``{"x": Tensor (B, *shape), "__key__": list[str], "pad": BoolTensor (B,)}``.
+    Batches are ``{"x": Tensor (B, *shape), "__key__": list[str], "pad": BoolTensor (B,)}``, plus
+    ``"y": LongTensor (B,)`` from a labelled set (``labels`` as for :func:`shard_dataset`).
     The count is workers x ceil(M / B) (x floor with ``drop_last``) where M = ceil(N / (world_size
     x workers)) is the samples per worker; see the module docstring for how every worker reaches
     exactly M.  For evaluation, pass ``shuffle=False`` and ignore rows where ``batch["pad"]`` is set:
@@ -308,7 +327,7 @@ def make_loader(manifest_url: str | Manifest, *, batch_size: int, rank: int, wor
         raise PipelineError(f"num_workers must be >= 0, not {num_workers}")
     dataset = shard_dataset(manifest_url, rank=rank, world_size=world_size, data_kind=data_kind,
                             num_classes=num_classes, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed,
-                            epoch=epoch, verify_sha256=verify_sha256, on_corrupt=on_corrupt)
+                            epoch=epoch, verify_sha256=verify_sha256, on_corrupt=on_corrupt, labels=labels)
     loader = ShardLoader(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
                          pin_memory=pin_memory, prefetch_factor=prefetch_factor)
     return loader, loader.num_batches
@@ -316,17 +335,19 @@ def make_loader(manifest_url: str | Manifest, *, batch_size: int, rank: int, wor
 
 def evaluation_batches(manifest_url: str | Manifest, *, batch_size: int, rank: int, world_size: int,
                        data_kind: str | None, num_classes: int | None, device: torch.device, seed: int = 0,
-                       max_batches: int | None = None, verify_sha256: bool = True) -> Iterator[torch.Tensor]:
+                       max_batches: int | None = None, verify_sha256: bool = True,
+                       labels: bool = False) -> Iterator[Any]:
     """This rank's share of a shard set for evaluation, in manifest order, on `device`: padding rows
     dropped, so across ranks every example counts exactly once (at most `max_batches` batches). `seed`
     drives stochastic reads (dynamic binarisation); shards are checked against their sha256 unless
-    `verify_sha256` is off."""
+    `verify_sha256` is off. Yields x tensors, or (x, y) pairs with `labels` (a set without: ManifestError)."""
     loader, _ = make_loader(manifest_url, batch_size=batch_size, rank=rank, world_size=world_size, num_workers=0,
                             data_kind=data_kind, num_classes=num_classes, seed=seed, shuffle=False, shuffle_buffer=0,
-                            pin_memory=device.type == "cuda", verify_sha256=verify_sha256)
+                            pin_memory=device.type == "cuda", verify_sha256=verify_sha256, labels=labels)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        x = batch["x"][~batch["pad"]]
+        keep = ~batch["pad"]
+        x = batch["x"][keep].to(device, non_blocking=True)
         if len(x):
-            yield x.to(device, non_blocking=True)
+            yield (x, batch["y"][keep].to(device, non_blocking=True)) if labels else x

@@ -4,6 +4,10 @@ Shards store raw data (uint8 grey levels, symbol ids, float32 points); the model
 (data kind, K) pair of bfn_core, is chosen at read time (see transforms.py).  A ``FieldSpec`` says
 enough about the stored values to decide which reads make sense: grey levels can be read as
 discretised bins, binarised or kept as classes; symbol ids only as classes.
+
+A class label (the optional field ``y`` of a labelled set) is a FieldSpec too, made by
+:func:`class_label_field`: a scalar int64 with ``content="label"``, so the writer, the range check
+(0..K-1) and the fixed record layout treat it exactly like ``x``.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from typing import Any
 import numpy as np
 
 DATA_KINDS = ("continuous", "discretised", "discrete")
-CONTENTS = ("image", "text", "points", "sequence")
+CONTENTS = ("image", "text", "points", "sequence", "label")
+LABEL_DTYPE = "int64"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class FieldSpec:
     def nbytes(self) -> int:
         return self._nbytes  # computed once: the reader asks for it per block
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """A label field's names of classes 0..K-1, where the source publishes them."""
+        return self.extra.get("class_names")
+
     def member(self, name: str) -> str:
         """The tar member suffix of this field, e.g. ``x.uint8`` (webdataset's "extension")."""
         return f"{name}.{self.dtype}"
@@ -84,6 +94,18 @@ class FieldSpec:
             content=d["content"], alphabet=d.get("alphabet"), encoding=d.get("encoding", "raw"),
             extra={k: v for k, v in d.items() if k not in known},
         )
+
+
+def class_label_field(num_classes: int, class_names: list[str] | tuple[str, ...] | None = None) -> FieldSpec:
+    """The field ``y`` of a labelled set: one int64 class id in 0..num_classes-1 per sample."""
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+    extra = {"class_names": [str(n) for n in class_names]} if class_names is not None else {}
+    return FieldSpec(LABEL_DTYPE, (), "discrete", int(num_classes), "label", extra=extra)
+
+
+def is_label_field(spec: FieldSpec) -> bool:
+    return spec.content == "label" and spec.shape == () and np.dtype(spec.dtype).kind in "iu" and bool(spec.num_classes)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,14 @@ An exception anywhere before step 3 leaves the previous manifest and its shards 
 removes this attempt's own shards (best effort; unlisted shards are invisible to readers anyway).
 The bytes of every shard are a function of the source and ``seed`` only (fixed tar metadata,
 seeded sample order), so two writes with the same seed have the same names and sha256s.
+
+Where the source has class labels (and ``labels`` is on, the default), each sample's label follows
+its ``x`` as a member ``KEY.y.int64`` (manifest.py); without labels a set is written exactly as
+before labels existed, byte for byte.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import re
@@ -26,11 +31,14 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Callable
 
+import numpy as np
+
 from pipelines.data import storage
 from pipelines.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, write_manifest
 from pipelines.data.source import DatasetSource
 from pipelines.data.sources import get_source
-from pipelines.data.tarlayout import record_bytes
+from pipelines.data.schema import FieldSpec
+from pipelines.data.tarlayout import sample_record_bytes
 from pipelines.errors import PipelineError
 from pipelines.seeds import numpy_rng
 
@@ -50,8 +58,9 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _tar_bytes(keys: list[str], member: str, payloads: list[bytes]) -> bytes:
-    """One shard: a plain ustar tar with fixed metadata, one regular member ``KEY.MEMBER`` per sample.
+def _tar_bytes(keys: list[str], members: list[str], payloads: list[list[bytes]]) -> bytes:
+    """One shard: a plain ustar tar with fixed metadata, one regular member ``KEY.MEMBER`` per sample
+    and member, the members of a sample together and in the order of ``members``.
 
     Written with ``tarfile`` in USTAR format (webdataset's TarWriter ignores its ``format`` argument
     and would fall back to PAX records for anything unusual), so the fixed record layout the
@@ -59,16 +68,17 @@ def _tar_bytes(keys: list[str], member: str, payloads: list[bytes]) -> bytes:
     """
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, payload in zip(keys, payloads):
-            info = tarfile.TarInfo(f"{key}.{member}")
-            info.size, info.mtime, info.mode = len(payload), 0, 0o444
-            info.uname = info.gname = "bfn"
-            tar.addfile(info, io.BytesIO(payload))
+        for key, sample in zip(keys, payloads):
+            for member, payload in zip(members, sample):
+                info = tarfile.TarInfo(f"{key}.{member}")
+                info.size, info.mtime, info.mode = len(payload), 0, 0o444
+                info.uname = info.gname = "bfn"
+                tar.addfile(info, io.BytesIO(payload))
     return buf.getvalue()
 
 
 def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard_size: int = DEFAULT_SHARD_SIZE,
-                 seed: int = 0, source_dir: str | None = None, limit: int | None = None,
+                 seed: int = 0, source_dir: str | None = None, limit: int | None = None, labels: bool = True,
                  on_progress: ShardProgressFn | None = None,
                  on_download: DownloadProgressFn | None = None) -> Manifest:
     """Write ``split`` of ``source`` under ``out_url``/``split``/ and return the manifest written.
@@ -77,6 +87,8 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
     a reader's shuffle buffer needs only to mix across shards); each sample's key is its index in
     the source split, zero-padded, so a read sample can always be traced back to its source.
     ``limit`` keeps only the first ``limit`` samples of that order (a random subset, for smoke runs).
+    ``labels``: store the source's class labels where it has them (``labels=False`` or a source
+    without labels, such as text8: an unlabelled set).
     """
     if isinstance(source, str):
         source = get_source(source)
@@ -91,8 +103,8 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
     storage.check_writable(split_url)
     kept = _listed_shards(manifest_url)  # the set already there: never touched by a failed attempt
 
-    loaded = source.load(split, source_dir=source_dir, seed=seed, on_progress=on_download)
-    data, field = loaded.data, loaded.field
+    loaded = source.load(split, source_dir=source_dir, seed=seed, on_progress=on_download, labels=labels)
+    data, field, y = loaded.data, loaded.field, loaded.labels
     order = numpy_rng("shard-write-order", seed).permutation(len(data))
     if limit is not None:
         order = order[:limit]
@@ -100,14 +112,18 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
     if total == 0:
         raise PipelineError(f"{source.name}/{split} has no samples to write")
     width = max(6, len(str(len(data) - 1)))
-    member = field.member("x")
+    schema = {"x": field}
+    if y is not None:
+        schema["y"] = _counted(source.label_field, y[order])
+    members = [spec.member(name) for name, spec in schema.items()]
 
     shards: list[ShardInfo] = []
     written: list[str] = []
     try:
         for index, start in enumerate(range(0, total, shard_size)):
             chunk = order[start:start + shard_size]
-            payload = _tar_bytes([f"{int(i):0{width}d}" for i in chunk], member, [field.encode(data[i]) for i in chunk])
+            samples = [[field.encode(data[i])] + ([schema["y"].encode(y[i])] if y is not None else []) for i in chunk]
+            payload = _tar_bytes([f"{int(i):0{width}d}" for i in chunk], members, samples)
             sha = hashlib.sha256(payload).hexdigest()
             name = shard_name(split, index, sha)
             url = storage.join(split_url, name)
@@ -118,14 +134,15 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
             if on_progress is not None:
                 on_progress(start + len(chunk), total, name)
         manifest = Manifest(
-            dataset=source.name, split=split, shards=shards, schema={"x": field},
+            dataset=source.name, split=split, shards=shards, schema=schema,
             default_read=source.default_read, variants=dict(source.variants),
             source={**loaded.info, "description": source.description, "samples_in_split": int(len(data))},
             seed=int(seed), shard_size=int(shard_size),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             writer={"package": "bfn-platform", "version": _version("bfn-platform"),
                     "webdataset": _version("webdataset")},
-            layout={"tar": "ustar", "record_bytes": record_bytes(field.nbytes), "key_chars": width},
+            layout={"tar": "ustar", "record_bytes": sample_record_bytes([f.nbytes for f in schema.values()]),
+                    "key_chars": width, "members": members},
             url=manifest_url,
         )
         write_manifest(manifest, manifest_url)
@@ -138,6 +155,13 @@ def write_shards(source: DatasetSource | str, split: str, out_url: str, *, shard
         raise
     _delete_stale_shards(split_url, split, {s.name for s in shards})
     return manifest
+
+
+def _counted(label_field: FieldSpec, y) -> FieldSpec:
+    """The label field with the number of samples of each class in the set written (for `bfn data inspect`
+    and for checking class balance without reading the shards)."""
+    counts = np.bincount(y, minlength=label_field.num_classes).tolist()
+    return dataclasses.replace(label_field, extra={**label_field.extra, "class_counts": counts})
 
 
 def _listed_shards(manifest_url: str) -> set[str]:

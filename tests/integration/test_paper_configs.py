@@ -53,6 +53,11 @@ def _idx(images: np.ndarray) -> bytes:
     return gzip.compress(b"\x00\x00\x08\x03" + b"".join(d.to_bytes(4, "big") for d in (n, rows, cols)) + images.tobytes())
 
 
+def _idx1(labels: np.ndarray) -> bytes:
+    """MNIST's idx1-ubyte label format, gzipped."""
+    return gzip.compress(b"\x00\x00\x08\x01" + len(labels).to_bytes(4, "big") + np.asarray(labels, np.uint8).tobytes())
+
+
 def _cifar_tarball(batches: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -85,6 +90,8 @@ def paper_data(tmp_path_factory):
     rng = np.random.default_rng(0)
     (raw / "train-images-idx3-ubyte.gz").write_bytes(_idx(_blobs(rng, 40, 28, 1)[..., 0]))
     (raw / "t10k-images-idx3-ubyte.gz").write_bytes(_idx(_blobs(rng, 6, 28, 1)[..., 0]))
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(_idx1(np.arange(40) % 10))  # arange: rng's stream unchanged
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(_idx1(np.arange(6) % 10))
     batches = {f"data_batch_{i}": _blobs(rng, 8, 32, 3) for i in range(1, 6)}
     batches["test_batch"] = _blobs(rng, 6, 32, 3)
     (raw / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball(batches))

@@ -35,6 +35,7 @@ def test_shard_then_inspect_an_image_set(bfn, storage_root, tmp_path):
     assert code == 0, err
     assert "digits / test" in out and "297 in 3 shards" in out and "discretised K=17" in out
     assert "all 3 match their sha256 and size" in out  # every shard checked, by default
+    assert "labels y      10 classes (0: 33, 1: 33, 2: 42, 3: 22, 4: 37, 5: 24, 6: 30, 7: 23, 8: 22, 9: 31)" in out
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a truncated shard (its first records intact) fails inspect, naming the shard and the manifest
@@ -60,6 +61,15 @@ def test_inspect_prints_sequences_as_text(bfn, tmp_path):
     written = lines.read_text().splitlines()
     assert len(written) == 8 and all(len(w) == 16 and set(w) <= set("abcd") for w in written)
     assert f"|{written[0]}|" in out
+
+    # without labels (--no-labels): the set is as it was before labels existed, and inspect says so
+    code, _, err = bfn("data", "shard", "synthetic-markov", "--out", str(out_dir), "--limit", "50", "--no-labels")
+    assert code == 0, err
+    manifest = json.loads((out_dir / "train" / "manifest.json").read_text())
+    assert set(manifest["schema"]) == {"x"} and manifest["format_version"] == 1
+    code, out, err = bfn("data", "inspect", str(out_dir / "train"), "--picture", str(lines))
+    assert code == 0, err
+    assert "labels y      none (no class labels in this set)" in out
 
 
 def assert_one_line_error(code, err, *fragments):

@@ -68,7 +68,8 @@ def test_flipped_payload_bytes_fail_the_sha256_check(digits):
 def test_flipped_header_bytes_are_caught_by_the_sample_count(digits):
     url = digits.shard_url(0)
     data = bytearray(storage.read_bytes(url))
-    data[3 * 1024 + 5] ^= 0xFF  # the name field of the fourth member's header: its checksum fails
+    record = digits.layout["record_bytes"]  # per sample: x's member, then its label's
+    data[3 * record + 5] ^= 0xFF  # the name field of the fourth sample's first header: its checksum fails
     storage.write_bytes(url, bytes(data))
     with pytest.raises(ShardError, match="it holds 3 samples, the manifest lists 40"):
         read_all(digits.url)

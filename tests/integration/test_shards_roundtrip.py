@@ -31,7 +31,8 @@ def read_epoch(url, *, world_size, num_workers, batch_size, **kw):
 def test_one_epoch_yields_every_sample_once_with_equal_batch_counts(storage_root):
     manifest = write_shards("digits", "test", storage_root, shard_size=40, seed=0)  # 297 samples, 8 shards
     assert manifest.num_samples == 297 and len(manifest.shards) == 8
-    source = Digits().load("test").data
+    loaded = Digits().load("test")
+    source = loaded.data
     ranks = read_epoch(manifest.url, world_size=2, num_workers=2, batch_size=16, shuffle=True, seed=5)
 
     # equal batch counts, as promised before reading: 2 workers x ceil(75 / 16)
@@ -43,6 +44,8 @@ def test_one_epoch_yields_every_sample_once_with_equal_batch_counts(storage_root
     for _, batches in ranks:
         for batch in batches:
             assert batch["x"].dtype.is_floating_point and batch["x"].shape[1:] == (8, 8, 1)
+            keys = [int(k) for k in batch["__key__"]]  # every sample's class label travelled with it
+            assert batch["y"].dtype == torch.int64 and batch["y"].tolist() == loaded.labels[keys].tolist()
             for key, x, pad in zip(batch["__key__"], batch["x"].numpy(), batch["pad"].tolist()):
                 np.testing.assert_array_equal(x, centres[source[int(key)]])  # the sample equals its source
                 if pad:
@@ -123,11 +126,12 @@ def test_shards_are_plain_webdataset_tars(storage_root):
     storage.register_webdataset_opener()  # s3:// through boto3, no `aws` command
     m = write_shards("digits", "test", storage_root, shard_size=100, seed=0)
     samples = list(wds.WebDataset([m.shard_url(s) for s in m.shards], shardshuffle=False, empty_check=False))
-    source = Digits().load("test").data
+    source = Digits().load("test")
     assert len(samples) == 297 and len({s["__key__"] for s in samples}) == 297
     for s in samples:
         image = np.frombuffer(s["x.uint8"], dtype=np.uint8).reshape(8, 8, 1)
-        np.testing.assert_array_equal(image, source[int(s["__key__"])])
+        np.testing.assert_array_equal(image, source.data[int(s["__key__"])])
+        assert np.frombuffer(s["y.int64"], dtype=np.int64)[0] == source.labels[int(s["__key__"])]
 
 
 def test_shard_sets_without_the_fixed_layout_read_the_same(storage_root):
@@ -136,10 +140,10 @@ def test_shard_sets_without_the_fixed_layout_read_the_same(storage_root):
     m = write_shards("digits", "test", storage_root, shard_size=40, seed=0)
     general = dataclasses.replace(m, layout=None)  # as if written by another tool: member by member
     for rank in range(2):
-        fast = [(it["__key__"], it["x"]) for it in shard_dataset(m, rank=rank, world_size=2, seed=3)]
-        slow = [(it["__key__"], it["x"]) for it in shard_dataset(general, rank=rank, world_size=2, seed=3)]
-        assert [k for k, _ in fast] == [k for k, _ in slow]
-        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(fast, slow))
+        fast = [(it["__key__"], it["x"], it["y"]) for it in shard_dataset(m, rank=rank, world_size=2, seed=3)]
+        slow = [(it["__key__"], it["x"], it["y"]) for it in shard_dataset(general, rank=rank, world_size=2, seed=3)]
+        assert [k for k, _, _ in fast] == [k for k, _, _ in slow]
+        assert all(np.array_equal(a, b) and int(ya) == int(yb) for (_, a, ya), (_, b, yb) in zip(fast, slow))
 
 
 def test_file_urls_work_like_paths(tmp_path):

@@ -45,12 +45,19 @@ def idx_images(images: np.ndarray, gz: bool = True) -> bytes:
     return gzip.compress(raw) if gz else raw
 
 
-def cifar_tarball(batches: dict[str, np.ndarray]) -> bytes:
+def idx_labels(labels: np.ndarray, gz: bool = True) -> bytes:
+    """An IDX1 ubyte label file as MNIST publishes them: magic 0x00000801, count, one byte per label."""
+    raw = b"\x00\x00\x08\x01" + int(len(labels)).to_bytes(4, "big") + np.asarray(labels, dtype=np.uint8).tobytes()
+    return gzip.compress(raw) if gz else raw
+
+
+def cifar_tarball(batches: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, images in batches.items():  # images (N, 32, 32, 3) -> rows of 1024 R, 1024 G, 1024 B
             rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-            blob = pickle.dumps({b"batch_label": b"fake", b"data": rows, b"labels": [0] * len(images)}, protocol=2)
+            y = [int(c) for c in labels[name]] if labels else [0] * len(images)  # a list of ints, as published
+            blob = pickle.dumps({b"batch_label": b"fake", b"data": rows, b"labels": y}, protocol=2)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
@@ -144,6 +151,8 @@ def test_markov_sequences_follow_the_transition_matrix():
 def test_mnist_reads_idx_files_from_source_dir(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(idx_images(images))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(idx_labels(np.arange(7) % 10))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_labels(np.arange(3), gz=False))
     with pytest.warns(ChecksumWarning, match="does not match the canonical"):
         out = MNIST().load("train", source_dir=str(tmp_path))
     with pytest.warns(ChecksumWarning):
@@ -292,14 +301,22 @@ def test_download_checks_sha256_then_caches(http_dir, monkeypatch, tmp_path):
     remote = RemoteFile("train-images-idx3-ubyte.gz", f"{base}/train-images-idx3-ubyte.gz",
                         hashlib.sha256(blob).hexdigest())
     monkeypatch.setitem(paper_sets.MNIST_FILES, "train", remote)
+    labels = idx_labels(np.array([3, 1, 4, 1, 5]))
+    (root / "train-labels-idx1-ubyte.gz").write_bytes(labels)
+    monkeypatch.setitem(paper_sets.MNIST_LABEL_FILES, "train", RemoteFile(
+        "train-labels-idx1-ubyte.gz", f"{base}/train-labels-idx1-ubyte.gz", hashlib.sha256(labels).hexdigest()))
     progress = []
     out = MNIST().load("train", on_progress=lambda done, total: progress.append((done, total)))
-    np.testing.assert_array_equal(out.data[..., 0], images[MNIST.holdout.indices(5)["train"]])
+    rows = MNIST.holdout.indices(5)["train"]
+    np.testing.assert_array_equal(out.data[..., 0], images[rows])
+    np.testing.assert_array_equal(out.labels, np.array([3, 1, 4, 1, 5])[rows])
     assert out.info["verified"] is True and out.info["obtained_from"] == ["download"]
-    assert progress and progress[-1][0] == len(blob)
+    assert out.info["label_files"]["verified"] is True
+    assert progress and progress[0][0] == len(blob) and progress[-1][0] == len(labels)
     cached = tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz"
     assert cached.read_bytes() == blob
     (root / "train-images-idx3-ubyte.gz").unlink()  # the cache serves it from now on
+    (root / "train-labels-idx1-ubyte.gz").unlink()
     assert MNIST().load("train").info["obtained_from"] == ["cache"]
 
 
@@ -335,6 +352,7 @@ def test_source_split_shape_is_checked():
 def test_source_files_paths_do_not_leak_into_provenance(tmp_path):
     images = np.zeros((2, 28, 28), dtype=np.uint8)
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(idx_images(images))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(idx_labels(np.array([0, 1])))
     with pytest.warns(ChecksumWarning):
         info = MNIST().load("train", source_dir=str(tmp_path)).info
     assert str(tmp_path) not in repr(info)

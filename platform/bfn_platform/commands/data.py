@@ -54,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--source-dir", default=None, metavar="DIR",
                    help="folder holding the canonical source files (offline machines); no download")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="write only N samples (a random subset)")
+    p.add_argument("--no-labels", dest="labels", action="store_false",
+                   help="leave out the class labels (written by default where the data set has them)")
     p.set_defaults(func=run_shard)
 
     p = subcommand(data_sub, "inspect", help="summarise a shard set and draw its first samples",
@@ -96,7 +98,7 @@ def run_shard(args) -> int:
             bar.update(tasks["shard"], completed=done, info=shard)
 
         manifest = write_shards(source, args.split, out, shard_size=args.shard_size, seed=args.seed,
-                                source_dir=args.source_dir, limit=args.limit, on_progress=on_progress,
+                                source_dir=args.source_dir, limit=args.limit, labels=args.labels, on_progress=on_progress,
                                 on_download=on_download)
     size = sum(s.bytes for s in manifest.shards)
     console.print(f"wrote {manifest.num_samples} {source.name}/{args.split} samples in {len(manifest.shards)} "
@@ -116,6 +118,14 @@ def _summary(m) -> list[tuple[str, str]]:
         ("sample x", f"{x.dtype} {tuple(x.shape)} {x.content} ({kind})"),
         ("default read", m.default_read.label()),
     ]
+    y = m.label_field
+    if y is not None:  # the per-class counts the writer recorded; no shard is read for them
+        names = y.class_names or [str(c) for c in range(y.num_classes)]
+        counts = y.extra.get("class_counts")
+        per_class = ", ".join(f"{n}: {c}" for n, c in zip(names, counts)) if counts else "counts not recorded"
+        rows.append(("labels y", f"{y.num_classes} classes ({per_class})"))
+    else:
+        rows.append(("labels y", "none (no class labels in this set)"))
     if m.variants:
         rows.append(("variants", ", ".join(f"{k}: {v.label()}" for k, v in m.variants.items())))
     src = m.source
