@@ -157,6 +157,15 @@ class TrackingConfig(_Strict):
         "auto", description="MLflow system metrics (CPU, memory, GPU) from rank 0's machine; auto: on for GPU runs")
 
 
+class ConditioningConfig(_Strict):
+    """Class-conditional training from labelled shards (the manifest's `y` field), ready for
+    classifier-free guidance: each label is replaced by the null class with probability label_dropout."""
+
+    num_classes: int = Field(ge=2, description="label classes C; the shards' labels must be 0..C-1")
+    label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description=(
+        "probability that an example trains the unconditional (null-class) output; > 0 for guidance"))
+
+
 class StorageConfig(_Strict):
     path: str | None = Field(None, description="checkpoint storage: local path or s3://bucket/prefix (default ./.bfn/ray_results)")
 
@@ -171,6 +180,7 @@ class ExperimentConfig(_Strict):
     scaling: ScalingConfig = ScalingConfig()
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
+    conditioning: ConditioningConfig | None = None
 
     @model_validator(mode="after")
     def _kind_needs(self):
@@ -207,9 +217,16 @@ class ExperimentConfig(_Strict):
         """Arguments for bfn_core.make_bfn (apart from the data shape)."""
         model = self.model.model_dump()
         network = model.pop("network")
+        if self.conditioning is not None:  # absent otherwise: an unconditional model's meta stays as it was
+            model["label_classes"] = self.conditioning.num_classes
         return dict(kind=self.data.kind, network=network, num_classes=self.data.num_classes,
                     sigma_1=self.flow.sigma_1, beta_1=self.flow.beta_1,
                     reconstruction_std_scale=self.loss.reconstruction_std_scale, receiver=self.loss.receiver, **model)
+
+    @property
+    def label_classes(self) -> int:
+        """The label classes a conditional model is trained on; 0 when unconditional."""
+        return self.conditioning.num_classes if self.conditioning is not None else 0
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, for MLflow params."""

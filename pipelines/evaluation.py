@@ -56,14 +56,15 @@ def resolve_device(device: str) -> torch.device:
 def _share(bfn, config: dict, manifest: str, steps, repeats: int, batch_size: int, rank: int, world: int, seed: int,
            device: torch.device, precision: str, on_progress: ProgressFn | None = None) -> LikelihoodAccumulator:
     """Accumulate the bound over one share of the test shards (padding rows dropped) on `device`, the
-    network in `precision` and compiled as the model's config says (auto: on GPU)."""
+    network in `precision` and compiled as the model's config says (auto: on GPU). A conditional model
+    (a `conditioning` block in its config) is evaluated on the shards' labels: the bound on -ln p(x | y)."""
     from pipelines.acceleration import Acceleration, configure_backends
     from pipelines.data.reader import evaluation_batches
 
     data = config["data"]
     batches = evaluation_batches(manifest, batch_size=batch_size, rank=rank, world_size=world, data_kind=data["kind"],
                                  num_classes=data.get("num_classes"), device=device, seed=seed,
-                                 verify_sha256=data.get("verify_sha256", True))
+                                 verify_sha256=data.get("verify_sha256", True), labels=bool(config.get("conditioning")))
     accel = Acceleration.resolve(device, precision, config.get("training", {}).get("compile", "auto"))
     configure_backends(device)
     bfn = accel.prepare(bfn.eval())

@@ -118,6 +118,8 @@ def data_report(cfg: ExperimentConfig, splits=SPLITS) -> DataReport:
                 whose = "data.train's" if report.shape is not None else "the config's data.shape"
                 raise PipelineError(f"data.{split} {manifest.url} holds examples of shape {list(got)}, "
                                     f"{whose} is {list(expected)}")
+            if cfg.conditioning is not None:
+                check_labels(manifest, cfg.conditioning.num_classes)
             if split == "val" and "train" in report.manifests:
                 train = report.manifests["train"]
                 check_holdouts(train.source, manifest.source, train.url, manifest.url)
@@ -127,6 +129,14 @@ def data_report(cfg: ExperimentConfig, splits=SPLITS) -> DataReport:
         except PipelineError as err:
             report.checks.append(DataCheck(split, url, False, problem=str(err)))
     return report
+
+
+def check_labels(manifest, num_classes: int) -> None:
+    """A conditional config's shards carry labels 0..num_classes-1 (the manifest's `y` field)."""
+    field = manifest.require_labels()
+    if field.num_classes != num_classes:
+        raise PipelineError(f"{manifest.url} has labels of {field.num_classes} classes, the config's "
+                            f"conditioning.num_classes is {num_classes}: set conditioning.num_classes: {field.num_classes}")
 
 
 def storage_location(path: str | None):

@@ -69,7 +69,8 @@ def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int,
                                     num_workers=cfg.data.loader_workers, data_kind=cfg.data.kind,
                                     num_classes=cfg.data.num_classes, seed=cfg.training.seed,
                                     shuffle_buffer=cfg.data.shuffle_buffer, pin_memory=device.type == "cuda",
-                                    prefetch_factor=cfg.data.prefetch_batches, verify_sha256=cfg.data.verify_sha256)
+                                    prefetch_factor=cfg.data.prefetch_batches, verify_sha256=cfg.data.verify_sha256,
+                                    labels=cfg.conditioning is not None)
     skip = start_step * cfg.accumulation_steps
     epoch, skip = skip // per_epoch, skip % per_epoch  # straight to the checkpoint's epoch
 
@@ -79,18 +80,19 @@ def train_batches(cfg: ExperimentConfig, rank: int, world: int, start_step: int,
             loader.set_epoch(epoch)
             for i, batch in enumerate(loader):
                 if i >= skip:
-                    yield batch["x"]
+                    yield batch["x"], batch.get("y")
             skip = 0
             epoch += 1
 
     ahead = None
-    for x in host_batches():
+    for x, y in host_batches():
         if check is not None:
             check(x)
         x = x.to(device, non_blocking=True)
+        batch = x if y is None else (x, y.to(device, non_blocking=True))
         if ahead is not None:
             yield ahead
-        ahead = x
+        ahead = batch
 
 
 def ema_copy(bfn: nn.Module) -> nn.Module:
@@ -125,7 +127,8 @@ def validate(ema: nn.Module, cfg: ExperimentConfig, rank: int, world: int, devic
     steps = list(t.val_steps)
     batches = evaluation_batches(cfg.data.val, batch_size=cfg.micro_batch_size, rank=rank, world_size=world,
                                  data_kind=cfg.data.kind, num_classes=cfg.data.num_classes, device=device,
-                                 seed=t.seed, max_batches=t.val_batches, verify_sha256=cfg.data.verify_sha256)
+                                 seed=t.seed, max_batches=t.val_batches, verify_sha256=cfg.data.verify_sha256,
+                                 labels=cfg.conditioning is not None)  # a conditional model's bound is -ln p(x | y)
     with (accel or Acceleration.resolve(device, t.precision, "off")).autocast():
         acc = accumulate_likelihood(ema, batches, LikelihoodAccumulator(steps, n_repeats=t.val_repeats))
     table = acc.all_reduce(device).table()
@@ -150,8 +153,11 @@ def sample_pictures(ema: nn.Module, cfg: ExperimentConfig, data_shape, step: int
 
     device = next(ema.parameters()).device
     g = torch.Generator(device=device).manual_seed(cfg.training.seed)
+    n = cfg.training.num_samples
+    # a conditional model's picture cycles through the classes (conditional, unguided samples)
+    labels = {"y": torch.arange(n, device=device) % cfg.label_classes} if cfg.label_classes else {}
     with (accel or Acceleration.resolve(device, cfg.training.precision, "off")).autocast():
-        samples = ema.sample((cfg.training.num_samples, *data_shape), cfg.training.sample_steps, generator=g)
+        samples = ema.sample((n, *data_shape), cfg.training.sample_steps, generator=g, **labels)
     return save_samples(samples.cpu().numpy(), cfg.data.kind, folder / f"samples_step{step:07d}", title=f"step {step}")
 
 
@@ -187,7 +193,7 @@ def build_training(cfg: ExperimentConfig, data_shape, accel: Acceleration):
     return accel.compile_network(bfn), accel.compile_network(ema), opt
 
 
-def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], cfg: ExperimentConfig, step: int,
+def optimisation_step(model, bfn, ema, opt, micro_batches: list, cfg: ExperimentConfig, step: int,
                       dims: int, accel: Acceleration | None = None, data_checked: bool = False):
     """One AdamW step on the loss in nats per dimension over the micro-batches (gradients accumulated,
     synchronised once), the network under accel's autocast (default: the config's precision on the
@@ -195,19 +201,27 @@ def optimisation_step(model, bfn, ema, opt, micro_batches: list[torch.Tensor], c
 
     `model` is what the forward pass goes through (DDP-wrapped or not), `bfn` owns the parameters;
     `data_checked`: the batches were checked on the host (see train_batches), so the loss skips it.
-    Returns (mean loss, grad norm before clipping) as tensors."""
+    A micro-batch is x, or (x, y) for a conditional model (labels dropped to the null class at
+    conditioning.label_dropout). Returns (mean loss, grad norm before clipping) as tensors."""
     t = cfg.training
-    accel = accel or Acceleration.resolve(micro_batches[0].device, t.precision, "off")
+    micro_batches = [mb if isinstance(mb, tuple) else (mb, None) for mb in micro_batches]
+    device = micro_batches[0][0].device
+    accel = accel or Acceleration.resolve(device, t.precision, "off")
+    labelled = {"label_dropout": cfg.conditioning.label_dropout} if cfg.conditioning is not None else {}
     for group in opt.param_groups:
         group["lr"] = cfg.optimizer.lr * lr_factor(step, cfg.optimizer.warmup_steps)
     n_steps = cfg.loss.n_steps
-    total = torch.zeros((), device=micro_batches[0].device)
-    for i, x in enumerate(micro_batches):
+    total = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with accel.autocast():
-                loss = model(x, n_steps, n_mc=cfg.loss.n_mc, check_data=not data_checked).mean() / dims
+                if y is None:
+                    loss = model(x, n_steps, n_mc=cfg.loss.n_mc, check_data=not data_checked)
+                else:
+                    loss = model(x, n_steps, n_mc=cfg.loss.n_mc, check_data=not data_checked, y=y, **labelled)
+                loss = loss.mean() / dims
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(bfn.parameters(), t.grad_clip or float("inf"))

@@ -71,3 +71,19 @@ def test_the_batch_is_global_and_the_rest_is_accumulation():
     assert cfg.micro_batch_size == 32 and cfg.accumulation_steps == 4  # 4 workers x 4 passes x 32 = 512
     cfg = parse_config(_raw(**{"training.batch_size": 512, "scaling.num_workers": 4}))
     assert cfg.micro_batch_size == 128 and cfg.accumulation_steps == 1
+
+
+def test_conditioning_becomes_label_classes_and_leaves_unconditional_configs_as_they_were():
+    from pathlib import Path
+
+    from pipelines.config import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    plain = load_config(repo / "configs" / "digits_discretised.yaml")
+    conditional = load_config(repo / "configs" / "digits_conditional.yaml")
+    assert "label_classes" not in plain.bfn_kwargs() and plain.label_classes == 0 and plain.conditioning is None
+    assert conditional.bfn_kwargs() == {**plain.bfn_kwargs(), "label_classes": 10} and conditional.label_classes == 10
+    assert conditional.conditioning.label_dropout == 0.15
+    for bad in ({"conditioning.num_classes": 1}, {"conditioning.label_dropout": 1.0}):
+        with pytest.raises(PipelineError):
+            load_config(repo / "configs" / "digits_conditional.yaml", bad)
