@@ -35,13 +35,7 @@ def gen(seed):
 
 # ------------------------------------------------------------------ tiny trained models (once per module)
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks train ~2x faster on one thread (more only contend), and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -23,13 +23,7 @@ CENTRES = torch.tensor([[-0.6, 0.6], [-0.2, -0.6], [0.2, 0.2], [0.6, -0.2]])
 STD = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks train ~2x faster on one thread (more only contend), and much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gen(seed):
