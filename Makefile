@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/train.py
 	$(PY) bench/sampler_math.py
 	$(PY) bench/samplers.py
+	$(PY) bench/conditional.py
 
 bench-gpu: $(STAMP)  # one GPU, under 8 minutes: one table and gpu_bench.json
 	$(PY) bench/gpu.py

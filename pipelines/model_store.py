@@ -37,7 +37,8 @@ def build(meta: dict, state: dict) -> BFN:
 
 def sampling_signature(data_shape) -> tuple:
     """(signature, input example) of the logged model's `predict`: one row of sampling settings in,
-    an array of samples out; n and steps required, the rest optional."""
+    an array of samples out; n and steps required, the rest optional (class, guidance and guidance_space
+    for conditional models: mlflow_model.py)."""
     import numpy as np
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -45,7 +46,8 @@ def sampling_signature(data_shape) -> tuple:
 
     inputs = Schema([ColSpec("long", "n"), ColSpec("long", "steps"), ColSpec("long", "seed", required=False),
                      ColSpec("string", "sampler", required=False), ColSpec("string", "grid", required=False),
-                     ColSpec("string", "final", required=False)])
+                     ColSpec("string", "final", required=False), ColSpec("long", "class", required=False),
+                     ColSpec("double", "guidance", required=False), ColSpec("string", "guidance_space", required=False)])
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *data_shape))])
     example = pd.DataFrame({"n": [4], "steps": [20], "seed": [0], "sampler": ["ode2"], "final": ["sample"]})
     return ModelSignature(inputs=inputs, outputs=outputs), example

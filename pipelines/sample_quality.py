@@ -80,8 +80,10 @@ class _CountCalls:
 
 def draw(loaded: LoadedModel, *, n: int, steps: int, sampler: str = "bfn", grid: str | None = None,
          final: str = "sample", batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu",
-         precision: str = "auto", on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, int, float]:
-    """n samples in batches on `device` (network in `precision`, compiled as the model's config says);
+         precision: str = "auto", on_batch: Callable[[int], None] | None = None,
+         conditioning=None) -> tuple[np.ndarray, int, float]:
+    """n samples in batches on `device` (network in `precision`, compiled as the model's config says),
+    conditioned by a pipelines.sampling.Conditioning of the n samples (labels, guidance, inpainting);
     returns (samples, NFE per batch, seconds)."""
     from pipelines.acceleration import Acceleration, configure_backends
 
@@ -98,7 +100,10 @@ def draw(loaded: LoadedModel, *, n: int, steps: int, sampler: str = "bfn", grid:
             while done < n:
                 b = min(batch_size, n - done)
                 counter.calls = 0
-                out = bfn.sample((b, *loaded.data_shape), steps, generator=g, sampler=sampler, grid=grid, final=final)
+                extra = conditioning.batch(done, done + b) if conditioning is not None else {}
+                extra = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
+                out = bfn.sample((b, *loaded.data_shape), steps, generator=g, sampler=sampler, grid=grid, final=final,
+                                 **extra)
                 chunks.append(out.cpu().numpy())
                 nfe, done = counter.calls, done + b
                 if on_batch:
@@ -224,3 +229,22 @@ def format_points(points: Sequence[SamplerPoint]) -> str:
     for p in points:
         lines.append(f"{p.sampler:<8} {p.steps:>6} {p.nfe:>5} {p.quality:>22.4g} {p.seconds_per_sample * 1e3:>10.2f}")
     return "\n".join(lines)
+
+
+def measure_conditional(loaded: LoadedModel, *, classes, guidance: float = 0.0, guidance_space: str = "output",
+                        steps: int = 50, sampler: str = "bfn", grid: str | None = None, n: int = 256,
+                        batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu",
+                        precision: str = "auto", dataset: str | None = None, final: str = "sample") -> dict[str, float]:
+    """The data set's quality metrics and class accuracy (overall and per class, pipelines.quality.conditional)
+    of n class-conditional samples, the classes cycled over the samples, at guidance weight w in guidance_space."""
+    from pipelines.quality.conditional import class_accuracy
+    from pipelines.quality.metrics import quality_metrics
+    from pipelines.sampling import conditioning
+
+    dataset = dataset or model_dataset(loaded.config)
+    cond = conditioning(loaded, n, classes=classes, guidance=guidance, guidance_space=guidance_space)
+    samples, _, _ = draw(loaded, n=n, steps=steps, sampler=sampler, grid=grid, final=final, batch_size=batch_size,
+                         seed=seed, device=device, precision=precision, conditioning=cond)
+    levels = sample_levels(loaded.config)
+    metrics = {k: float(v) for k, v in quality_metrics(dataset, samples, levels=levels, seed=seed).items()}
+    return {**metrics, **class_accuracy(dataset, samples, cond.labels, levels=levels)}

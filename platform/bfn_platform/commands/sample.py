@@ -9,6 +9,16 @@ EPILOG = """examples:
   bfn sample models:/digits@champion --sampler ode2 --steps 10      # a BFN-Solver: 10x fewer network calls
   bfn sample 3f2c9a... --n 16 --steps 1000 --seed 3 --final mode
 
+  bfn sample models:/digits-cond@champion --class 0,1,2,3,4,5,6,7,8,9 --n 50 --guidance 1   # one row per class
+  bfn sample models:/digits@champion --mask known.npz          # inpainting: np.savez(known.npz, observed=..., mask=...)
+
+conditioning: --class needs a model trained with a conditioning block; ids (or the class names its data records)
+are cycled over the --n samples. --guidance W: classifier-free guidance (0: plain conditional, -1: unconditional,
+> 0 sharper), combined in the network's output space (default) or in p_O's parameters (--guidance-space params).
+--mask FILE: an .npz with arrays observed and mask (bool, True = known), or OBSERVED.npy,MASK.npy; both of the
+data's shape (all samples) or (n, *shape); observed as `bfn sample` writes its .npy: floats in [-1, 1] (continuous,
+discretised) or class indices (discrete). The samples equal observed where mask is True.
+
 samplers: bfn (the paper's), ode1, ode2 (BFN-Solver 1 / ++2), sde1, sde2 (SDE solvers); each has its own
 time grid unless --grid names one (uniform, solver, logsnr). `bfn eval MODEL --quality` measures them.
 """
@@ -29,6 +39,14 @@ def register(sub) -> None:
                    help="auto: a GPU when there is one (default)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="the network's autocast; auto: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--class", dest="classes", metavar="C[,C...]",
+                   help="class id(s) or name(s), cycled over the samples (conditional models only)")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance weight w (default 0: plain conditional; needs --class)")
+    p.add_argument("--guidance-space", choices=("output", "params"), default="output",
+                   help="combine the network outputs (default) or p_O's parameters")
+    p.add_argument("--mask", dest="mask_file", metavar="FILE",
+                   help="inpainting: .npz with observed and mask (bool), or OBSERVED.npy,MASK.npy")
     add_verbose(p)
     p.set_defaults(func=run)
 
@@ -38,15 +56,17 @@ def run(args) -> int:
     from bfn_platform.live import log_path, quiet_output
     import re
 
-    from pipelines.sampling import sample_to_files
+    from pipelines.sampling import check_guidance_choice, sample_to_files
     from pipelines.tracking import bfn_home
 
+    check_guidance_choice(args.classes, args.guidance, args.guidance_space)  # before the progress display
     out = args.out or str(bfn_home() / "samples" / re.sub(r"[^A-Za-z0-9_.@-]+", "_", args.model).strip("_"))
     with quiet_output(log_path("sample"), args.verbose) as term, progress_bar(term) as bar:
         task = bar.add_task("sample", total=args.n, info=f"{args.n} samples, {args.sampler} x {args.steps} steps")
         files = sample_to_files(args.model, n=args.n, steps=args.steps, out=out, seed=args.seed,
                                 batch_size=args.batch_size, device=args.device, sampler=args.sampler, grid=args.grid,
-                                final=args.final, precision=args.precision,
+                                final=args.final, precision=args.precision, classes=args.classes,
+                                guidance=args.guidance, guidance_space=args.guidance_space, mask_file=args.mask_file,
                                 on_progress=lambda k: bar.update(task, advance=k))
     console.print("wrote " + ", ".join(str(f) for f in files))
     return 0

@@ -1,0 +1,220 @@
+"""Benchmark of class-conditional digits sampling with classifier-free guidance (not a test).
+
+Two small digits models are trained in this process (no Ray, no MLflow) with the trainer's own
+optimisation step and EMA (pipelines.worker.optimisation_step) on the Digits source's training split,
+configs/digits_discretised.yaml at bench/samplers.py's settings: one class-conditional (a conditioning
+block, labels 0..9 from the source, --label-dropout of them trained as the null class) and one
+unconditional, the same steps and seed. Then --n-samples samples (the ten classes cycled) from the
+conditional model at every guidance weight w of --guidance, in both guidance spaces (output: the network
+outputs combined; params: p_O's bin probabilities combined), and from the unconditional model, the same
+sampler, steps and seed each time, are scored with pipelines.sample_quality.measure_conditional:
+
+  * class accuracy: the digits classifier's (pipelines/quality/digits_classifier.py) agreement with the
+    class each sample was drawn for, overall and per class;
+  * quality: fd_digits (Fréchet distance to the test split in the classifier's features, lower is better).
+
+Target: at the best point, class accuracy >= 0.9 while fd_digits is within 20% of the unconditional
+model's (<= 1.2 x). Printed: the table and the verdict; written: every point to --out (JSON) and a picture
+of accuracy and fd_digits against w, both spaces, beside it (.png).
+Run: ``python bench/conditional.py [--steps N] [--guidance 0,1,2]``; ``--smoke`` runs every path at toy sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipelines.acceleration import Acceleration  # noqa: E402
+from pipelines.config import ExperimentConfig  # noqa: E402
+from pipelines.errors import PipelineError  # noqa: E402
+from pipelines.model_store import LoadedModel  # noqa: E402
+from pipelines.sample_quality import measure_conditional, measure_sampler  # noqa: E402
+from pipelines.worker import build_training, optimisation_step  # noqa: E402
+from samplers import SETTINGS, experiment, training_data  # noqa: E402  (bench/samplers.py: the same digits setup)
+
+SPACES = ("output", "params")
+CLASSES = list(range(10))
+ACCURACY_TARGET, QUALITY_SLACK = 0.9, 1.2
+
+
+def labelled(cfg: ExperimentConfig, label_dropout: float) -> ExperimentConfig:
+    """cfg with a conditioning block: the ten digit classes, label_dropout of them trained as the null class."""
+    return ExperimentConfig.model_validate({**cfg.model_dump(mode="json"),
+                                            "conditioning": {"num_classes": 10, "label_dropout": label_dropout}})
+
+
+def digit_labels(cfg: ExperimentConfig) -> torch.Tensor:
+    """The training split's labels, row for row with training_data (the same source split and seed)."""
+    from pipelines.data.sources import get_source
+
+    return torch.from_numpy(np.asarray(get_source("digits").load("train", seed=cfg.training.seed).labels, np.int64))
+
+
+def train(cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor | None, device) -> tuple[torch.nn.Module, float, float]:
+    """bench/samplers.py's train with labels: micro-batches (x, y) when y is given, so optimisation_step drops
+    them to the null class at cfg.conditioning.label_dropout. Returns (EMA model, seconds, mean last-100 loss)."""
+    accel = Acceleration.resolve(device, cfg.training.precision, "off")
+    shape = tuple(x.shape[1:])
+    bfn, ema, opt = build_training(cfg, shape, accel)
+    bfn.train()
+    g = torch.Generator().manual_seed(cfg.training.seed)
+    b, dims, losses, order = cfg.training.batch_size, math.prod(shape), [], torch.empty(0, dtype=torch.long)
+    start = time.perf_counter()
+    for step in range(cfg.training.steps):
+        if len(order) < b:
+            order = torch.randperm(len(x), generator=g)
+        idx, order = order[:b], order[b:]
+        batch = x[idx].to(device) if y is None else (x[idx].to(device), y[idx].to(device))
+        loss, _ = optimisation_step(bfn, bfn, ema, opt, [batch], cfg, step, dims, accel)
+        losses.append(float(loss))
+        if (step + 1) % max(1, cfg.training.steps // 5) == 0:
+            print(f"  step {step + 1}: loss {np.mean(losses[-100:]):.4g} nats/dim, {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr, flush=True)
+    return ema.eval(), time.perf_counter() - start, float(np.mean(losses[-100:]))
+
+
+def verdict(points: list[dict], uncond_fd: float) -> dict:
+    """The most class-accurate point whose fd_digits is within QUALITY_SLACK of the unconditional model's."""
+    ok = [p for p in points if math.isfinite(p["fd_digits"]) and p["fd_digits"] <= QUALITY_SLACK * uncond_fd]
+    if not ok:
+        best = max(points, key=lambda p: p["class_accuracy"])
+        return {"status": "MISS", "reason": "no point within the quality bound", "best": best}
+    best = max(ok, key=lambda p: (p["class_accuracy"], -p["fd_digits"]))  # a tie goes to the better quality
+    return {"status": "PASS" if best["class_accuracy"] >= ACCURACY_TARGET else "MISS", "best": best}
+
+
+def report(result: dict) -> str:
+    u, v = result["unconditional"], result["verdict"]
+    lines = [f"== digits: {result['train_steps']} training steps each (conditional {result['train_seconds']['conditional']:.0f} s, "
+             f"unconditional {result['train_seconds']['unconditional']:.0f} s), label dropout {result['label_dropout']}, "
+             f"{result['n_samples']} samples per point, {result['sampler']} x {result['sample_steps']} steps",
+             f"{'space':<7} {'w':>5} {'class acc':>10} {'fd_digits':>10} {'fd / uncond':>12} {'worst class':>12}"]
+    for p in result["points"]:
+        per = {k: p[k] for k in p if k.startswith("class_accuracy_")}
+        worst = min(per, key=per.get) if per else None
+        lines.append(f"{p['space']:<7} {p['guidance']:>5g} {p['class_accuracy']:>10.3f} {p['fd_digits']:>10.4g} "
+                     f"{p['fd_digits'] / u['fd_digits']:>12.3f} "
+                     + (f"{worst.rsplit('_', 1)[1]}: {per[worst]:.2f}" if worst else "").rjust(12))
+    lines.append(f"unconditional model: fd_digits {u['fd_digits']:.4g}, class entropy {u['digits_class_entropy']:.3f} nats")
+    b = v["best"]
+    lines.append(f"best: {b['space']} space, w = {b['guidance']:g}: class accuracy {b['class_accuracy']:.3f}, fd_digits "
+                 f"{b['fd_digits']:.4g} ({b['fd_digits'] / u['fd_digits']:.2f} x unconditional)   target: class accuracy >= "
+                 f"{ACCURACY_TARGET} with fd_digits <= {QUALITY_SLACK} x unconditional   {v['status']}"
+                 + (f" ({v['reason']})" if v.get("reason") else ""))
+    return "\n".join(lines)
+
+
+def save_picture(result: dict, path: Path) -> Path:
+    from pipelines.pictures import _pyplot, save_figure
+
+    plt = _pyplot()
+    fig, (acc, fd) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for space in SPACES:
+        mine = sorted((p for p in result["points"] if p["space"] == space), key=lambda p: p["guidance"])
+        ws = [p["guidance"] for p in mine]
+        acc.plot(ws, [p["class_accuracy"] for p in mine], marker="o", label=f"{space} space")
+        fd.plot(ws, [p["fd_digits"] for p in mine], marker="o", label=f"{space} space")
+    u = result["unconditional"]["fd_digits"]
+    acc.axhline(ACCURACY_TARGET, color="grey", linestyle=":", label=f"target {ACCURACY_TARGET}")
+    fd.axhline(u, color="black", linestyle="--", label="unconditional model")
+    fd.axhline(QUALITY_SLACK * u, color="grey", linestyle=":", label=f"{QUALITY_SLACK} x unconditional")
+    acc.set_ylabel("class accuracy (higher is better)")
+    fd.set_ylabel("fd_digits (lower is better)")
+    for ax in (acc, fd):
+        ax.set_xlabel("guidance weight w")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"class-conditional digits: {result['train_steps']} training steps, "
+                 f"{result['sampler']} x {result['sample_steps']}", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        return sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=SETTINGS["digits"].steps, help="training steps of each model")
+    p.add_argument("--label-dropout", type=float, default=0.15, help="null-class probability in training (0.1-0.2)")
+    p.add_argument("--guidance", type=float_list, default=[0.0, 0.5, 1.0, 2.0, 4.0], help="guidance weights w")
+    p.add_argument("--n-samples", type=int, default=500, help="samples per point, the ten classes cycled")
+    p.add_argument("--sampler", default="ode2", help="sampler of every point (default ode2)")
+    p.add_argument("--sample-steps", type=int, default=20, help="sampling steps of every point")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (bench/samplers.py says why 1)")
+    p.add_argument("--out", default=None, help="JSON (picture beside it); default $BFN_HOME/bench/bench_conditional.json")
+    p.add_argument("--smoke", action="store_true", help="toy sizes: 3 training steps, 20 samples, w in {0, 1}")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.n_samples, args.guidance, args.sample_steps = 3, 20, [0.0, 1.0], 2
+    if min(args.steps, args.n_samples, args.sample_steps, args.batch_size) < 1 or not args.guidance:
+        p.error("--steps, --n-samples, --sample-steps and --batch-size must be >= 1, --guidance non-empty")
+    return args
+
+
+def main(argv=None) -> None:
+    from pipelines.evaluation import resolve_device
+    from pipelines.tracking import bfn_home
+
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; guidance {args.guidance} in "
+          f"{', '.join(SPACES)} space{'; SMOKE sizes' if args.smoke else ''}\n", flush=True)
+    setting = SETTINGS["digits"]
+    base = experiment(setting, args.steps, args.smoke)
+    cond_cfg = labelled(base, args.label_dropout)
+    x, y = training_data(setting, base), digit_labels(base)
+    models, seconds = {}, {}
+    for name, cfg, labels in (("conditional", cond_cfg, y), ("unconditional", base, None)):
+        print(f"[{name}] training {cfg.training.steps} steps, batch {cfg.training.batch_size}, {len(x)} examples ...",
+              file=sys.stderr, flush=True)
+        ema, seconds[name], _ = train(cfg, x.to(device), labels, device)
+        models[name] = LoadedModel(ema, cfg.model_dump(mode="json"), tuple(x.shape[1:]))
+    opts = dict(sampler=args.sampler, steps=args.sample_steps, n=args.n_samples, batch_size=args.batch_size,
+                seed=args.seed, device=device, dataset="digits")
+    points = []
+    for space in SPACES:
+        for w in args.guidance:
+            metrics = measure_conditional(models["conditional"], classes=CLASSES, guidance=w, guidance_space=space, **opts)
+            points.append({"space": space, "guidance": w, **metrics})
+            print(f"  {space:<6} w {w:>4g}: class accuracy {metrics['class_accuracy']:.3f}, fd_digits "
+                  f"{metrics['fd_digits']:.4g}", file=sys.stderr, flush=True)
+    uncond = measure_sampler(models["unconditional"], **opts).metrics
+    result = {"dataset": "digits", "config": setting.config, "train_steps": base.training.steps,
+              "train_seconds": seconds, "label_dropout": args.label_dropout, "n_samples": args.n_samples,
+              "sampler": args.sampler, "sample_steps": args.sample_steps, "points": points, "unconditional": uncond,
+              "verdict": verdict(points, uncond["fd_digits"])}
+    print(report(result), flush=True)
+    out = Path(args.out) if args.out else bfn_home() / "bench" / "bench_conditional.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    out.write_text(json.dumps({**result, "settings": {**settings, "torch": torch.__version__, "device": str(device)}},
+                              indent=2))
+    picture = save_picture(result, out.with_suffix(".png"))
+    print(f"wrote {out} and {picture}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except PipelineError as err:
+        sys.exit(f"error: {err}")
