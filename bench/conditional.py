@@ -7,7 +7,7 @@ block, labels 0..9 from the source, --label-dropout of them trained as the null 
 unconditional, the same steps and seed. Then --n-samples samples (the ten classes cycled) from the
 conditional model at every guidance weight w of --guidance, in both guidance spaces (output: the network
 outputs combined; params: p_O's bin probabilities combined), and from the unconditional model, the same
-sampler, steps and seed each time, are scored with pipelines.sample_quality.measure_conditional:
+sampler, steps and seed each time, are scored with pipelines.sample_quality.measure_sampler:
 
   * class accuracy: the digits classifier's (pipelines/quality/digits_classifier.py) agreement with the
     class each sample was drawn for, overall and per class;
@@ -38,7 +38,7 @@ from pipelines.acceleration import Acceleration  # noqa: E402
 from pipelines.config import ExperimentConfig  # noqa: E402
 from pipelines.errors import PipelineError  # noqa: E402
 from pipelines.model_store import LoadedModel  # noqa: E402
-from pipelines.sample_quality import measure_conditional, measure_sampler  # noqa: E402
+from pipelines.sample_quality import measure_sampler  # noqa: E402
 from pipelines.worker import build_training, optimisation_step  # noqa: E402
 from samplers import SETTINGS, experiment, training_data  # noqa: E402  (bench/samplers.py: the same digits setup)
 
@@ -194,7 +194,7 @@ def main(argv=None) -> None:
     points = []
     for space in SPACES:
         for w in args.guidance:
-            metrics = measure_conditional(models["conditional"], classes=CLASSES, guidance=w, guidance_space=space, **opts)
+            metrics = measure_sampler(models["conditional"], classes=CLASSES, guidance=w, guidance_space=space, **opts).metrics
             points.append({"space": space, "guidance": w, **metrics})
             print(f"  {space:<6} w {w:>4g}: class accuracy {metrics['class_accuracy']:.3f}, fd_digits "
                   f"{metrics['fd_digits']:.4g}", file=sys.stderr, flush=True)

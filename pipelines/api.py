@@ -48,19 +48,15 @@ def evaluate(model: str, steps=(10, 100, 1000, None), **options):
     return run_evaluation(model, steps=list(steps), **options)
 
 
-def sample(model: str, n: int = 16, steps: int = 100, *, sampler: str = "bfn", grid: str | None = None,
-           final: str = "sample", seed: int = 0, device: str = "auto", precision: str = "auto", batch_size: int = 256):
-    """n samples as a numpy array of the data's shape (images in [-1, 1] or class indices)."""
-    from pipelines.evaluation import check_precision, resolve_device
-    from pipelines.model_store import load_model
-    from pipelines.sample_quality import draw
-    from pipelines.sampling import check_sampler_choice
-    from pipelines.tracking import setup_mlflow
+def sample(model, n: int = 16, steps: int = 100, *, sampler: str = "bfn", grid: str | None = None,
+           final: str = "sample", seed: int = 0, device: str = "auto", precision: str = "auto", batch_size: int = 256,
+           classes=None, guidance: float = 0.0, guidance_space: str = "output", observed=None, mask=None):
+    """n samples as a numpy array of the data's shape (images in [-1, 1] or class indices). classes (an id,
+    name or list, cycled over the samples), guidance, guidance_space, observed and mask condition them as
+    pipelines.sampling's docstring says, e.g. sample(run, n=20, classes=[3, 7], guidance=1.0)."""
+    from pipelines.sampling import sample_array
 
-    check_sampler_choice(sampler, grid, final)
-    check_precision(precision)
-    if not Path(model).is_dir():
-        setup_mlflow()
-    samples, _, _ = draw(load_model(model), n=n, steps=steps, sampler=sampler, grid=grid, final=final,
-                         batch_size=batch_size, seed=seed, device=resolve_device(device), precision=precision)
+    samples, _, _, _ = sample_array(model, n=n, steps=steps, seed=seed, batch_size=batch_size, device=device,
+                                    sampler=sampler, grid=grid, final=final, precision=precision, classes=classes,
+                                    guidance=guidance, guidance_space=guidance_space, observed=observed, mask=mask)
     return samples

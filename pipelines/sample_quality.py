@@ -1,19 +1,18 @@
-"""Sample quality of a trained model per sampler and step count: the measurement that `bfn eval
---quality`, sampler sweeps and bench/samplers.py share.
+"""Sample quality of a trained model per sampler, step count and guidance: the measurement that `bfn eval
+--quality`, sampler sweeps, bench/samplers.py and bench/conditional.py share.
 
 `measure_sampler` draws n samples with one sampler at one step count and scores them with the data
 set's quality metrics (pipelines.quality), timing the draws; the network evaluations (NFE) are
-counted by a hook on the network, not inferred from the step count. `quality_curve` runs it over
-samplers x step counts; `log_quality` puts the points into the model's MLflow run as metrics
-(quality_<metric>_<sampler>_<steps>), one table (quality.json) and a quality-versus-NFE picture.
+counted by a hook on the network, not inferred from the step count. Given classes (a conditional
+model), the samples are drawn for those classes at a guidance weight and space, and scored for class
+accuracy too (pipelines.quality.conditional). `point_grid` lists the points of samplers x step counts
+(x grids x guidance weights x spaces) and `quality_curve` measures them; pipelines.quality_report logs
+them to MLflow.
 """
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -36,10 +35,20 @@ class SamplerPoint:
     mode: str  # "min" or "max": which way the headline is better
     seconds_per_sample: float
     n_samples: int
+    guidance: float | None = None  # None: unconditional samples; else w of the guidance towards the requested classes
+    guidance_space: str | None = None
 
     @property
     def quality(self) -> float:
         return self.metrics[self.headline]
+
+    @property
+    def label(self) -> str:
+        """The curve a point belongs to: its sampler (and grid), and its guidance when there is some."""
+        name = self.sampler if self.grid is None else f"{self.sampler} ({self.grid})"
+        if self.guidance is None:
+            return name
+        return f"{name}, w={self.guidance:g}" + (f" {self.guidance_space}" if self.guidance else "")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,136 +124,47 @@ def draw(loaded: LoadedModel, *, n: int, steps: int, sampler: str = "bfn", grid:
 
 def measure_sampler(loaded: LoadedModel, *, sampler: str, steps: int, grid: str | None = None, n: int = 256,
                     batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu", precision: str = "auto",
-                    dataset: str | None = None, final: str = "sample") -> SamplerPoint:
-    """Quality metrics of n samples from `sampler` at `steps` steps, with NFE and seconds per sample."""
-    from pipelines.quality.metrics import headline, quality_metrics
-
-    dataset = dataset or model_dataset(loaded.config)
-    metric = headline(dataset)
-    samples, nfe, seconds = draw(loaded, n=n, steps=steps, sampler=sampler, grid=grid, final=final,
-                                 batch_size=batch_size, seed=seed, device=device, precision=precision)
-    metrics = quality_metrics(dataset, samples, levels=sample_levels(loaded.config), seed=seed)
-    return SamplerPoint(sampler, grid, steps, nfe, {k: float(v) for k, v in metrics.items()}, metric.name, metric.mode,
-                        seconds / n, n)
-
-
-def quality_curve(loaded: LoadedModel, samplers: Sequence[str], steps: Sequence[int], *, grid: str | None = None,
-                  on_point: Callable[[SamplerPoint], None] | None = None, **options) -> list[SamplerPoint]:
-    """measure_sampler for every sampler x step count (the same seed for each: the same prior noise)."""
-    points = []
-    for sampler in samplers:
-        for n_steps in steps:
-            points.append(measure_sampler(loaded, sampler=sampler, steps=n_steps, grid=grid, **options))
-            if on_point:
-                on_point(points[-1])
-    return points
-
-
-def quality_metric_name(metric: str, sampler: str, steps: int) -> str:
-    return f"quality_{metric}_{sampler}_{steps}"
-
-
-def save_quality_plot(points: Sequence[SamplerPoint], path: str | Path, title: str = "sample quality versus NFE") -> Path:
-    """Headline quality against NFE, one line per sampler (log NFE axis)."""
-    from pipelines.pictures import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for sampler in dict.fromkeys(p.sampler for p in points):
-        mine = sorted((p for p in points if p.sampler == sampler), key=lambda p: p.nfe)
-        ax.plot([p.nfe for p in mine], [p.quality for p in mine], marker="o", label=sampler)
-    if points:
-        ax.set_ylabel(f"{points[0].headline} ({'lower' if points[0].mode == 'min' else 'higher'} is better)")
-    ax.set_xscale("log")
-    ax.set_xlabel("network evaluations (NFE)")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
-
-
-def log_quality(run_id: str, points: Sequence[SamplerPoint]) -> list[str]:
-    """Metrics quality_<metric>_<sampler>_<steps> for every point and metric, the table as quality.json
-    and an MLflow table (quality_table.json), and the quality-versus-NFE picture."""
-    import mlflow
-    from mlflow.entities import Metric
-
-    client = mlflow.MlflowClient()
-    now = int(time.time() * 1000)
-    metrics = [Metric(quality_metric_name(k, p.sampler, p.steps), v, now, p.nfe)
-               for p in points for k, v in p.metrics.items() if np.isfinite(v)]
-    metrics += [Metric(quality_metric_name("seconds_per_sample", p.sampler, p.steps), p.seconds_per_sample, now, p.nfe)
-                for p in points]
-    for i in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[i: i + 500])
-    rows = [{"sampler": p.sampler, "grid": p.grid or "default", "steps": p.steps, "nfe": p.nfe,
-             "seconds_per_sample": p.seconds_per_sample, **p.metrics} for p in points]
-    client.log_table(run_id, data={k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file="eval/quality_table.json")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "quality.json").write_text(json.dumps([p.to_dict() for p in points], indent=2))
-        save_quality_plot(points, tmp / "quality.png")
-        for name in ("quality.json", "quality.png"):
-            client.log_artifact(run_id, str(tmp / name), "eval")
-    return ["eval/quality.json", "eval/quality.png", "eval/quality_table.json"]
-
-
-def evaluate_quality(ref: str, *, samplers: Sequence[str], steps: Sequence[int], n: int = 256, batch_size: int = 256,
-                     seed: int = 0, device: str = "auto", precision: str = "auto", dataset: str | None = None,
-                     log: bool = True, on_point: Callable[[SamplerPoint], None] | None = None
-                     ) -> tuple[list[SamplerPoint], str | None, list[str]]:
-    """`bfn eval --quality`: the quality curve of a model over samplers x step counts, logged to its run
-    when known. Returns (points, run id, artifacts)."""
-    from pipelines.evaluation import check_precision, resolve_device
-    from pipelines.model_store import load_model
-    from pipelines.sampling import check_sampler_choice
-    from pipelines.tracking import setup_mlflow
-
-    for name in samplers:
-        check_sampler_choice(name, None, "sample")
-    if not steps or any(s < 1 for s in steps) or n < 1:
-        raise PipelineError(f"--steps must be step counts >= 1 and --n-samples >= 1, got steps {list(steps)}, n {n}")
-    check_precision(precision)
-    dev = resolve_device(device)
-    if not Path(ref).is_dir():
-        setup_mlflow()
-    loaded = load_model(ref)
-    dataset = dataset or model_dataset(loaded.config)
-    points = quality_curve(loaded, samplers, steps, n=n, batch_size=batch_size, seed=seed, device=dev,
-                           precision=precision, dataset=dataset, on_point=on_point)
-    artifacts = log_quality(loaded.run_id, points) if log and loaded.run_id else []
-    return points, loaded.run_id, artifacts
-
-
-def format_points(points: Sequence[SamplerPoint]) -> str:
-    """The quality table as text: one row per sampler and step count."""
-    if not points:
-        return "(no points)"
-    head = points[0]
-    lines = [f"{'sampler':<8} {'steps':>6} {'NFE':>5} {head.headline + (' (min)' if head.mode == 'min' else ' (max)'):>22} "
-             f"{'ms/sample':>10}"]
-    for p in points:
-        lines.append(f"{p.sampler:<8} {p.steps:>6} {p.nfe:>5} {p.quality:>22.4g} {p.seconds_per_sample * 1e3:>10.2f}")
-    return "\n".join(lines)
-
-
-def measure_conditional(loaded: LoadedModel, *, classes, guidance: float = 0.0, guidance_space: str = "output",
-                        steps: int = 50, sampler: str = "bfn", grid: str | None = None, n: int = 256,
-                        batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu",
-                        precision: str = "auto", dataset: str | None = None, final: str = "sample") -> dict[str, float]:
-    """The data set's quality metrics and class accuracy (overall and per class, pipelines.quality.conditional)
-    of n class-conditional samples, the classes cycled over the samples, at guidance weight w in guidance_space."""
+                    dataset: str | None = None, final: str = "sample", classes=None, guidance: float = 0.0,
+                    guidance_space: str = "output") -> SamplerPoint:
+    """Quality metrics of n samples from `sampler` at `steps` steps, with NFE and seconds per sample; with
+    classes (cycled over the samples; see pipelines.sampling) also class accuracy at guidance w in guidance_space."""
     from pipelines.quality.conditional import class_accuracy
-    from pipelines.quality.metrics import quality_metrics
+    from pipelines.quality.metrics import headline, quality_metrics
     from pipelines.sampling import conditioning
 
     dataset = dataset or model_dataset(loaded.config)
-    cond = conditioning(loaded, n, classes=classes, guidance=guidance, guidance_space=guidance_space)
-    samples, _, _ = draw(loaded, n=n, steps=steps, sampler=sampler, grid=grid, final=final, batch_size=batch_size,
-                         seed=seed, device=device, precision=precision, conditioning=cond)
+    metric = headline(dataset)
+    cond = None
+    if classes is not None:
+        cond = conditioning(loaded, n, classes=classes, guidance=guidance, guidance_space=guidance_space)
+    samples, nfe, seconds = draw(loaded, n=n, steps=steps, sampler=sampler, grid=grid, final=final,
+                                 batch_size=batch_size, seed=seed, device=device, precision=precision, conditioning=cond)
     levels = sample_levels(loaded.config)
     metrics = {k: float(v) for k, v in quality_metrics(dataset, samples, levels=levels, seed=seed).items()}
-    return {**metrics, **class_accuracy(dataset, samples, cond.labels, levels=levels)}
+    if cond is not None:
+        metrics.update(class_accuracy(dataset, samples, cond.labels, levels=levels))
+    return SamplerPoint(sampler, grid, steps, nfe, metrics, metric.name, metric.mode, seconds / n, n,
+                        None if cond is None else float(guidance), None if cond is None else guidance_space)
+
+
+def point_grid(samplers: Sequence[str], steps: Sequence[int], grids: Sequence[str | None] = (None,),
+               guidance: Sequence[float] | None = None, spaces: Sequence[str] = ("output",)) -> list[dict]:
+    """Every sampler x step count x grid (x guidance weight x space, for class-conditional points) as
+    measure_sampler keywords. w = 0 is measured once: with no guidance the two spaces are the same sampler."""
+    settings: list[dict] = [{}]
+    if guidance is not None:
+        settings = [{"guidance": float(w), "guidance_space": space} for w in dict.fromkeys(guidance)
+                    for space in (spaces[:1] if w == 0 else spaces)]
+    return [{"sampler": sampler, "steps": int(n_steps), "grid": grid, **extra}
+            for sampler in samplers for grid in grids for n_steps in steps for extra in settings]
+
+
+def quality_curve(loaded: LoadedModel, points: Sequence[dict], *, on_point: Callable[[SamplerPoint], None] | None = None,
+                  **options) -> list[SamplerPoint]:
+    """measure_sampler at every point of point_grid (the same seed for each: the same prior noise)."""
+    out = []
+    for point in points:
+        out.append(measure_sampler(loaded, **point, **options))
+        if on_point:
+            on_point(out[-1])
+    return out

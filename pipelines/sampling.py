@@ -2,8 +2,8 @@
 
 Conditioning options, shared by `bfn sample`, the notebook API and the benchmarks:
 
-* classes: one class, or a list cycled over the n samples (sample i gets classes[i % len]); ints, or the
-  class names the model's config or training manifest records. Only for models trained with a
+* classes: one class, a list cycled over the n samples (sample i gets classes[i % len]), or "all"; ints,
+  or the class names the model's config or training manifest records. Only for models trained with a
   `conditioning` block (their BFN has num_classes > 0).
 * guidance, guidance_space: classifier-free guidance weight w (0: plain conditional, -1: unconditional,
   > 0 guided) in "output" or "params" space (bfn_core.guidance).
@@ -93,10 +93,13 @@ def class_names(config: dict) -> list[str] | None:
 
 
 def parse_classes(spec, num_classes: int, names: Sequence[str] | None = None, model: str = "the model") -> list[int]:
-    """Class ids 0..C-1 from an int, a list, or text "3" / "0,1,2" / "cat,dog" (names as the model records them)."""
+    """Class ids 0..C-1 from an int, a list, or text "3" / "0,1,2" / "cat,dog" (names as the model records them)
+    / "all" (every class in order)."""
     if not num_classes:
         raise PipelineError(f"{model} was trained without labels: train with a conditioning block "
                             "(conditioning: {num_classes: C, label_dropout: 0.1}) to sample by class, or drop --class")
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return list(range(num_classes))
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(np.atleast_1d(spec))
     if not items or any(isinstance(v, str) and not v for v in items):
         raise PipelineError(f"--class takes a class id or a comma-separated list (e.g. 3 or 0,1,2), got {spec!r}")

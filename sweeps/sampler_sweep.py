@@ -1,4 +1,5 @@
-"""Sampler sweeps: sampler x step count (x time grid) on one trained model, no retraining.
+"""Sampler sweeps: sampler x step count (x time grid, x guidance weight x space) on one trained model,
+no retraining.
 
 Each point is a Ray Tune trial (a grid search, so every point runs once) that loads the model,
 draws samples with pipelines.sample_quality.measure_sampler and logs a nested MLflow run. The
@@ -7,6 +8,10 @@ and against wall time per sample) as pictures and CSV, and a recommendation: the
 evaluations on the NFE front whose quality is within `tolerance` of the best point's. When the model
 is a registered version, the recommendation goes onto it as bfn.recommended.* tags, which
 `bfn models show` prints.
+
+With `classes` (a class-conditional model), every point also measures class accuracy, the guidance
+weights and spaces are axes of the grid, one more front is drawn (class accuracy against quality: what
+guidance buys and what it costs) and `min_class_accuracy` limits which points may be recommended.
 """
 from __future__ import annotations
 
@@ -15,80 +20,24 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.config import apply_overrides, format_validation_error, read_yaml
 from pipelines.errors import PipelineError
 from pipelines.names import (ENV_MLFLOW_TRACKING_URI, TAG_ERROR, TAG_RECOMMENDED, TAG_SWEEP, TAG_SWEEP_PARENT,
                              TAG_SWEEP_PARETO, TAG_SWEEP_STATUS, TAG_SWEEP_TRIAL)
+from sweeps.sampler_spec import SamplerSweepSpec
+from pipelines.quality.conditional import class_metric_name
 from sweeps.trial import TAG_PARENT
 
-POINT_KEYS = ("sampler", "steps", "grid")
+POINT_KEYS = ("sampler", "steps", "grid", "guidance", "guidance_space")  # guidance: conditional points only
+CLASS_ACCURACY = class_metric_name()
 REPORTED = ("nfe", "quality", "seconds_per_sample", "headline", "mode")  # per point, beside its quality metrics
 
 
-class SamplerSweepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    kind: Literal["sampler"]
-    model: str = Field(description="run id, runs:/RUN, models:/NAME@ALIAS or models:/NAME/VERSION, or a checkpoint folder")
-    samplers: list[str] = Field(default_factory=lambda: ["bfn", "ode2", "sde2"], min_length=1)
-    steps: list[int] = Field(default_factory=lambda: [10, 20, 50, 100], min_length=1)
-    grids: list[str | None] = Field(default_factory=lambda: [None], min_length=1, description="null: each sampler's own grid")
-    final: str = "sample"
-    n_samples: int = Field(256, ge=2)
-    batch_size: int = Field(256, ge=1)
-    seed: int = 0
-    dataset: str | None = Field(None, description="the quality metrics' data set (default: the model's training data)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    concurrent: int = Field(2, ge=1)
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
-    tolerance: float = Field(0.05, ge=0, description="recommend the fewest NFE within this fraction of the best quality")
-    recommend: bool = Field(True, description="tag a registered model version with the recommended sampler")
-    experiment: str | None = None
-    source: str = Field("", exclude=True)
-
-    @field_validator("steps")
-    @classmethod
-    def _positive(cls, steps):
-        if any(s < 1 for s in steps):
-            raise ValueError(f"step counts must be >= 1, got {steps}")
-        return sorted(set(steps))
-
-    def check(self) -> None:
-        from pipelines.sampling import check_sampler_choice
-
-        for sampler in self.samplers:
-            for grid in self.grids:
-                check_sampler_choice(sampler, grid, self.final)
-
-
-def is_sampler_spec(path: str | Path) -> bool:
-    raw = read_yaml(path, "sweep spec")
-    return isinstance(raw, dict) and raw.get("kind") == "sampler"
-
-
-def load_sampler_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> SamplerSweepSpec:
-    raw = apply_overrides(read_yaml(path, "sweep spec"), overrides or {})
-    try:
-        spec = SamplerSweepSpec.model_validate({**raw, "source": str(path)})
-    except ValidationError as err:
-        raise PipelineError(format_validation_error(err, str(path)).replace("invalid config", "invalid sweep spec", 1)) from None
-    try:
-        spec.check()
-    except PipelineError as err:
-        raise PipelineError(f"sweep {path}: {str(err).replace('--', '')}") from None
-    return spec
-
-
 def run_point(config: dict[str, Any], sweep: dict[str, Any]) -> None:
-    """Tune trainable: one sampler at one step count, its own nested MLflow run."""
+    """Tune trainable: one point (sampler, steps, grid[, guidance, space]), its own nested MLflow run."""
     import mlflow
     from ray import tune
 
@@ -100,17 +49,17 @@ def run_point(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     mlflow.set_tracking_uri(sweep["tracking_uri"])
     client = mlflow.MlflowClient()
     trial_id = tune.get_context().get_trial_id()
-    sampler, steps, grid = (config[k] for k in POINT_KEYS)
-    run = client.create_run(sweep["experiment_id"], run_name=f"{sweep['name']}-{sampler}-{grid or 'own'}-{steps}",
+    point = config["point"]
+    run = client.create_run(sweep["experiment_id"], run_name=f"{sweep['name']}-{point_name(point)}",
                             tags={TAG_PARENT: sweep["parent_run_id"], TAG_SWEEP: sweep["name"], TAG_SWEEP_TRIAL: trial_id,
                                   TAG_SWEEP_STATUS: "running"})
     run_id = run.info.run_id
     try:
-        client.log_batch(run_id, params=_params({"sampler": sampler, "steps": steps, "grid": grid or "default",
-                                                 "model": sweep["model"], **sweep["options"]}))
+        client.log_batch(run_id, params=_params({**point, "grid": point["grid"] or "default", "model": sweep["model"],
+                                                 **sweep["options"]}))
         options = {**sweep["options"], "device": resolve_device(sweep["options"]["device"])}  # this worker's GPU, if any
-        point = measure_sampler(load_model(sweep["model"]), sampler=sampler, steps=steps, grid=grid, **options)
-        values = {**point.metrics, "nfe": float(point.nfe), "seconds_per_sample": point.seconds_per_sample}
+        measured = measure_sampler(load_model(sweep["model"]), **point, **options)
+        values = {**measured.metrics, "nfe": float(measured.nfe), "seconds_per_sample": measured.seconds_per_sample}
         for key, value in values.items():
             if math.isfinite(value):
                 client.log_metric(run_id, key, value)
@@ -121,8 +70,16 @@ def run_point(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         client.set_tag(run_id, TAG_SWEEP_STATUS, "failed")
         client.set_terminated(run_id, "FAILED")
         raise
-    tune.report({**values, "quality": point.quality, "headline": point.headline, "mode": point.mode,
-                 "metric_names": ",".join(point.metrics)})
+    tune.report({**values, "quality": measured.quality, "headline": measured.headline, "mode": measured.mode,
+                 "metric_names": ",".join(measured.metrics)})
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """sampler-grid-steps[-w<w>[-space]]: a point's run name within its sweep."""
+    name = f"{point['sampler']}-{point['grid'] or 'own'}-{point['steps']}"
+    if "guidance" not in point:
+        return name
+    return f"{name}-w{point['guidance']:g}" + (f"-{point['guidance_space']}" if point["guidance"] else "")
 
 
 def _params(values: dict[str, Any]):
@@ -143,7 +100,7 @@ class SamplerSweepOutcome:
 
 def run_sampler_sweep(spec: SamplerSweepSpec, *, ray_address: str | None = None,
                       say: Callable[[str], None] = print) -> SamplerSweepOutcome:
-    """Every sampler x step count x grid on the spec's model; results, fronts and recommendation in MLflow."""
+    """Every point of the spec on its model; results, fronts and recommendation in MLflow."""
     import mlflow
     from ray import tune
 
@@ -151,10 +108,17 @@ def run_sampler_sweep(spec: SamplerSweepSpec, *, ray_address: str | None = None,
     from pipelines.prepare import storage_location
     from pipelines.ray_runtime import init_ray
     from pipelines.sample_quality import model_dataset
+    from pipelines.sampling import conditioning
     from pipelines.tracking import bfn_home, ensure_experiment, setup_mlflow
 
     uri = setup_mlflow()
     loaded = load_model(spec.model)  # a wrong reference fails here, before Ray starts
+    if spec.classes is not None:
+        try:
+            conditioning(loaded, 1, classes=spec.classes, model=spec.model)  # so does a class the model lacks
+        except PipelineError as err:
+            raise PipelineError(f"sweep {spec.source}: {str(err).replace('--', '')}") from None
+    points = spec.points()
     dataset = spec.dataset or model_dataset(loaded.config)
     registered = registered_version(spec.model)
     client = mlflow.MlflowClient()
@@ -168,10 +132,11 @@ def run_sampler_sweep(spec: SamplerSweepSpec, *, ray_address: str | None = None,
     parent = client.create_run(experiment_id, run_name=name, tags={TAG_SWEEP: name, TAG_SWEEP_PARENT: "true",
                                                                    "bfn.sweep.kind": "sampler", "bfn.sweep.model": spec.model}).info.run_id
     client.log_batch(parent, params=_params({k: v for k, v in spec.model_dump(mode="json").items() if k != "source"}))
-    say(f"sampler sweep {name}: {len(spec.samplers) * len(spec.steps) * len(spec.grids)} points on {spec.model} "
-        f"({dataset}); MLflow parent run {parent}")
+    say(f"sampler sweep {name}: {len(points)} points on {spec.model} ({dataset}"
+        f"{', classes ' + str(spec.classes) if spec.classes is not None else ''}); MLflow parent run {parent}")
     options = {"n": spec.n_samples, "batch_size": spec.batch_size, "seed": spec.seed, "device": spec.device,
-               "precision": spec.precision, "dataset": dataset, "final": spec.final}
+               "precision": spec.precision, "dataset": dataset, "final": spec.final,
+               **({"classes": spec.classes} if spec.classes is not None else {})}
     fixed = {"name": name, "model": spec.model, "tracking_uri": uri, "parent_run_id": parent,
              "experiment_id": experiment_id, "options": options}
     resources = {"CPU": spec.cpus_per_trial, **({"GPU": spec.gpus_per_trial} if spec.gpus_per_trial else {})}
@@ -180,8 +145,7 @@ def run_sampler_sweep(spec: SamplerSweepSpec, *, ray_address: str | None = None,
         init_ray(ray_address, env={ENV_MLFLOW_TRACKING_URI: uri})
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_point, sweep=fixed), resources),
-            param_space={"sampler": tune.grid_search(spec.samplers), "steps": tune.grid_search(spec.steps),
-                         "grid": tune.grid_search(spec.grids)},
+            param_space={"point": tune.grid_search(points)},  # listed, not crossed: w = 0 once (point_grid)
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.concurrent),
             run_config=tune.RunConfig(name=name, storage_path=storage, storage_filesystem=fs, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
@@ -205,21 +169,23 @@ def _table(grid, client, experiment_id: str, parent: str) -> pd.DataFrame:
         [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'", max_results=10000)}
     rows = []
     for result in grid:
-        metrics, config = result.metrics or {}, result.config or {}
+        metrics, point = result.metrics or {}, (result.config or {}).get("point", {})
         trial_id = metrics.get("trial_id") or Path(result.path).name
         keep = set(REPORTED) | set(str(metrics.get("metric_names", "")).split(","))  # not Tune's own fields
         rows.append({"trial_id": trial_id, "status": "failed" if result.error else "completed",
                      "error": failure_message(result.error) if result.error else None,
-                     "run_id": children.get(trial_id), "sampler": config.get("sampler"),
-                     "grid": config.get("grid") or "default", "steps": config.get("steps"),
-                     **{k: v for k, v in metrics.items() if k in keep}})
-    columns = ["trial_id", "status", "error", "run_id", "sampler", "grid", "steps", *REPORTED]
+                     "run_id": children.get(trial_id), **{k: point[k] for k in POINT_KEYS if k in point},
+                     "grid": point.get("grid") or "default", **{k: v for k, v in metrics.items() if k in keep}})
+    columns = ["trial_id", "status", "error", "run_id", *(k for k in POINT_KEYS if any(k in r for r in rows)), *REPORTED]
     return pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(columns + [c for r in rows for c in r])))
 
 
-def recommend(table: pd.DataFrame, tolerance: float) -> pd.Series | None:
-    """The fewest-NFE completed point whose quality is within `tolerance` (relative) of the best."""
+def recommend(table: pd.DataFrame, tolerance: float, min_class_accuracy: float | None = None) -> pd.Series | None:
+    """The fewest-NFE completed point whose quality is within `tolerance` (relative) of the best, among the
+    points at least min_class_accuracy accurate when that is given (class-conditional sweeps)."""
     done = table[(table["status"] == "completed") & table["quality"].notna()]
+    if min_class_accuracy is not None:
+        done = done[done.get(CLASS_ACCURACY, pd.Series(float("nan"), index=done.index)) >= min_class_accuracy]
     if done.empty:
         return None
     mode = done["mode"].iloc[0]
@@ -229,8 +195,17 @@ def recommend(table: pd.DataFrame, tolerance: float) -> pd.Series | None:
     return good.sort_values(["nfe", "seconds_per_sample"], kind="stable").iloc[0]
 
 
+def _curve(row) -> str:
+    """The line a table row belongs to in the pictures: its sampler, and its guidance setting if any."""
+    guidance = row.get("guidance")
+    if guidance is None or pd.isna(guidance):
+        return row["sampler"]
+    return f"{row['sampler']} w={guidance:g}" + (f" {row['guidance_space']}" if guidance else "")
+
+
 def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -> SamplerSweepOutcome:
-    from pipelines.sample_quality import SamplerPoint, save_quality_plot
+    from pipelines.quality_report import save_quality_plot
+    from pipelines.sample_quality import SamplerPoint
     from sweeps.pareto import pareto_mask, save_pareto_plot
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -242,16 +217,21 @@ def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -
         for axis, column in (("nfe", "pareto_nfe"), ("seconds_per_sample", "pareto_time")):
             done[column] = pareto_mask(done[[axis, "quality"]].to_numpy(dtype=float), ["min", mode])
         table = table.merge(done[["trial_id", "pareto_nfe", "pareto_time"]], on="trial_id", how="left")
-        table = table.sort_values(["sampler", "grid", "nfe"], kind="stable").reset_index(drop=True)
+        order = [k for k in ("sampler", "grid", "guidance_space", "guidance", "nfe") if k in table]
+        table = table.sort_values(order, kind="stable").reset_index(drop=True)
         done = done.drop(columns=[headline], errors="ignore").rename(columns={"quality": headline})  # the same values
+        done["curve"] = done.apply(_curve, axis=1)
         files.append(save_pareto_plot(done, "nfe", headline, ["min", mode], out_dir / "pareto_nfe.png", log_x=True,
-                                      label="sampler", title=f"{name}: {headline} against network evaluations"))
+                                      label="curve", title=f"{name}: {headline} against network evaluations"))
         files.append(save_pareto_plot(done, "seconds_per_sample", headline, ["min", mode], out_dir / "pareto_time.png",
-                                      log_x=True, label="sampler", title=f"{name}: {headline} against seconds per sample"))
+                                      log_x=True, label="curve", title=f"{name}: {headline} against seconds per sample"))
+        if CLASS_ACCURACY in done:
+            files.append(save_pareto_plot(done, CLASS_ACCURACY, headline, ["max", mode], out_dir / "pareto_class_accuracy.png",
+                                          label="curve", title=f"{name}: {headline} against class accuracy (guidance)"))
         points = [SamplerPoint(r.sampler, None if r.grid == "default" else r.grid, int(r.steps), int(r.nfe), {headline: r[headline]},
-                               headline, mode, r.seconds_per_sample, spec.n_samples) for _, r in done.iterrows()]
+                               headline, mode, r.seconds_per_sample, spec.n_samples, *_guidance(r)) for _, r in done.iterrows()]
         files.append(save_quality_plot(points, out_dir / "quality_vs_nfe.png", title=f"{name}: quality against NFE"))
-        pick = recommend(table, spec.tolerance)
+        pick = recommend(table, spec.tolerance, spec.min_class_accuracy)
     table.to_csv(out_dir / "results.csv", index=False)
     files.append(out_dir / "results.csv")
     if len(table):
@@ -265,6 +245,10 @@ def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -
         recommended = {"sampler": pick["sampler"], "steps": int(pick["steps"]), "grid": pick["grid"], "nfe": int(pick["nfe"]),
                        "quality": f"{pick['headline']}={pick['quality']:.4g} at {int(pick['nfe'])} NFE",
                        "sweep": parent}
+        guidance, space = _guidance(pick)
+        if guidance is not None:
+            recommended.update(guidance=guidance, guidance_space=space)
+            recommended["quality"] += f", {CLASS_ACCURACY}={pick[CLASS_ACCURACY]:.3f}"
         for key, value in recommended.items():
             client.set_tag(parent, f"{TAG_RECOMMENDED}.{key}", str(value))
         client.log_metric(parent, f"recommended_{pick['headline']}", float(pick["quality"]))
@@ -277,13 +261,21 @@ def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -
     return SamplerSweepOutcome(name, parent, table, recommended, registered, out_dir)
 
 
+def _guidance(row) -> tuple[float | None, str | None]:
+    """(w, space) of a conditional point's table row, (None, None) for an unconditional one."""
+    w = row.get("guidance")
+    return (None, None) if w is None or pd.isna(w) else (float(w), row["guidance_space"])
+
+
 def _say_table(table: pd.DataFrame, recommended, registered, say) -> None:
     if table.empty:
         say("no points ran")
         return
-    cols = [c for c in ("sampler", "grid", "steps", "nfe", "quality", "seconds_per_sample", "pareto_nfe", "status") if c in table]
+    cols = [c for c in ("sampler", "grid", "steps", "guidance", "guidance_space", "nfe", "quality", CLASS_ACCURACY,
+                        "seconds_per_sample", "pareto_nfe", "status") if c in table]
     say(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if recommended:
         where = f"; tagged on {registered[0]} v{registered[1]}" if registered else ""
-        say(f"recommended: {recommended['sampler']} ({recommended['grid']} grid) at {recommended['steps']} steps, "
+        guided = f", guidance {recommended['guidance']:g} ({recommended['guidance_space']})" if "guidance" in recommended else ""
+        say(f"recommended: {recommended['sampler']} ({recommended['grid']} grid) at {recommended['steps']} steps{guided}, "
             f"{recommended['quality']}{where}")

@@ -10,7 +10,8 @@ from pipelines.errors import PipelineError
 from sweeps.results import best_row, results_table, save_plots, save_table, trial_status, write_best_config
 from sweeps.pareto import pareto_mask
 from sweeps.results import save_pareto
-from sweeps.sampler_sweep import is_sampler_spec, load_sampler_spec, recommend
+from sweeps.sampler_spec import is_sampler_spec, load_sampler_spec
+from sweeps.sampler_sweep import recommend
 from sweeps.spec import check_spec, load_spec, trial_config, trial_metrics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,13 +13,17 @@ EPILOG = """examples:
 
   bfn eval models:/digits@champion --quality                      # sample quality per sampler and step count
   bfn eval 3f2c9a... --quality --sampler bfn,ode2 --steps 5,10,20,50,100 --n 1000
+  bfn eval 3f2c9a... --quality --class all --guidance 0,1,2 --guidance-space output,params --sampler ode2 --steps 20
+                                                 # a conditional model: quality and class accuracy per guidance
 
 The bound is averaged over --repeats Monte Carlo draws per example; the table reports two standard
 errors: across test examples, and Monte Carlo across repeats (with --repeats 2 or more).
 With --quality, samples are drawn instead and scored with the data set's quality metric (digits: Frechet
 distance in a classifier's features; synthetic sets: exact NLL under the true law; text8: spelling
 accuracy; MNIST / CIFAR-10: FID), logged as metrics quality_<metric>_<sampler>_<steps>, one table and a
-quality-versus-NFE picture.
+quality-versus-NFE picture. With --class, a conditional model's samples are drawn for those classes
+(cycled) at every --guidance weight and space, and their class accuracy (digits' classifier) is
+measured too: metrics quality_<metric>_<sampler>_<steps>_w<w>_<space>.
 """
 
 
@@ -44,6 +48,10 @@ def register(sub) -> None:
     q.add_argument("--n", "--n-samples", dest="n_samples", type=int, default=256, metavar="N",
                    help="samples per sampler and step count (default 256)")
     q.add_argument("--dataset", help="the data set whose quality metric applies (default: the model's training data)")
+    q.add_argument("--class", dest="classes", metavar="CLASSES",
+                   help="a conditional model: draw for these classes, cycled (an id, names, 0,1,2 or 'all')")
+    q.add_argument("--guidance", help="classifier-free guidance weights with --class, e.g. 0,1,2 (default 0)")
+    q.add_argument("--guidance-space", default="output", help="output, params or output,params (default: %(default)s)")
     add_verbose(p)
     add_json(p, "the table")
     p.set_defaults(func=run)
@@ -78,18 +86,23 @@ def run_quality(args) -> int:
     from bfn_platform.console import progress_bar
     from bfn_platform.live import log_path, quiet_output
     from pipelines.errors import PipelineError
-    from pipelines.sample_quality import evaluate_quality, format_points
+    from pipelines.quality_report import evaluate_quality, format_points
+    from pipelines.sample_quality import point_grid
 
     steps = parse_steps(args.steps or "10,20,50,100")
     if None in steps:
         raise PipelineError("--quality takes finite step counts (e.g. 10,20,50,100), not 'inf'")
     samplers = [s.strip() for s in args.sampler.split(",") if s.strip()]
+    guidance = None if args.guidance is None else parse_floats(args.guidance, "--guidance")
+    spaces = [s.strip() for s in args.guidance_space.split(",") if s.strip()]
     with quiet_output(log_path("eval"), args.verbose) as term, progress_bar(term) as bar:
-        task = bar.add_task("quality", total=len(samplers) * len(steps), info=f"{len(samplers)} samplers x {len(steps)} step counts")
+        total = len(point_grid(samplers, steps, guidance=(guidance or [0.0]) if args.classes else None, spaces=spaces))
+        task = bar.add_task("quality", total=total, info=f"{len(samplers)} samplers x {len(steps)} step counts"
+                            + (f" x {len(guidance)} guidance weights" if guidance else ""))
         points, run_id, artifacts = evaluate_quality(
             args.model, samplers=samplers, steps=steps, n=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-            device=args.device, precision=args.precision, dataset=args.dataset,
-            on_point=lambda p: bar.update(task, advance=1))
+            device=args.device, precision=args.precision, dataset=args.dataset, classes=args.classes,
+            guidance=guidance, guidance_spaces=spaces, on_point=lambda p: bar.update(task, advance=1))
     if args.json:
         print_json({"run_id": run_id, "points": [p.to_dict() for p in points]})
     else:
@@ -97,3 +110,16 @@ def run_quality(args) -> int:
         if run_id:
             console.print(f"logged to run {run_id}: metrics quality_*, artifacts {', '.join(artifacts)}")
     return 0
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    """Comma-separated numbers, e.g. 0,1,2.5."""
+    from pipelines.errors import PipelineError
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PipelineError(f"{flag} takes comma-separated numbers (e.g. 0,1,2), got {text!r}") from None
+    if not values:
+        raise PipelineError(f"{flag} takes comma-separated numbers (e.g. 0,1,2), got {text!r}")
+    return values

@@ -189,8 +189,9 @@ def run_show(args) -> int:
     for v in info["versions"]:
         rec = {k.removeprefix(TAG_RECOMMENDED + "."): val for k, val in v["tags"].items() if k.startswith(TAG_RECOMMENDED + ".")}
         if rec.get("sampler"):
+            guided = f", guidance {rec['guidance']} ({rec.get('guidance_space')})" if "guidance" in rec else ""
             console.print(f"v{v['version']} recommended sampler: {rec['sampler']} ({rec.get('grid', 'default')} grid) at "
-                          f"{rec.get('steps')} steps: {rec.get('quality', '')} (sampler sweep run {rec.get('sweep', '-')})",
+                          f"{rec.get('steps')} steps{guided}: {rec.get('quality', '')} (sampler sweep run {rec.get('sweep', '-')})",
                           highlight=False)
     if info["history"]:
         hist = Table("#", "action", "alias", "version", "previous", "by", "at", "reason", title="promotion history")

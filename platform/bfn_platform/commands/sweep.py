@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sweeps.sampler_sweep import is_sampler_spec
+    from sweeps.sampler_spec import is_sampler_spec
     from sweeps.spec import check_spec, load_spec
 
     if is_sampler_spec(args.spec):
@@ -58,7 +58,8 @@ def run(args) -> int:
 
 def run_samplers(args) -> int:
     from pipelines.errors import PipelineError
-    from sweeps.sampler_sweep import load_sampler_spec, run_sampler_sweep
+    from sweeps.sampler_spec import load_sampler_spec
+    from sweeps.sampler_sweep import run_sampler_sweep
 
     if args.resume:
         raise PipelineError("--resume is for training sweeps: a sampler sweep trains nothing, run it again")
