@@ -58,6 +58,11 @@ class GaussianPath:
             mu = self.a_s_lam(t0)[1] * torch.randn(self.shape, device=self.device, generator=generator)
         return mu
 
+    def back(self, mu: Tensor, t: float, s: float, generator) -> Tensor:
+        """mu_s given mu_t (s < t): rho mu = beta x + W(beta) is Brownian in beta, so its bridge needs no x (bridge_draw)."""
+        b_t, b_s = self.beta(t), self.beta(s)
+        return bridge_draw((1.0 + b_t) * mu, b_t, b_s, 1.0, generator) / (1.0 + b_s)
+
     def theta(self, mu: Tensor, t: float) -> Params:
         rho = torch.full((self.shape[0],) + (1,) * (len(self.shape) - 1), math.exp(-2.0 * self.log_s1 * t), device=mu.device)
         return mu, rho
@@ -107,6 +112,10 @@ class CategoricalPath:
     def theta(self, y: Tensor, t: float) -> Params:
         return (torch.softmax(y, -1),)
 
+    def back(self, y: Tensor, t: float, s: float, generator) -> Tensor:
+        """y_s given y_t (s < t): y = beta (K e_x - 1) + sqrt(K) W(beta) is Brownian in beta (bridge_draw)."""
+        return bridge_draw(y, self.beta(t), self.beta(s), float(self.K), generator)
+
     def paper_step(self, y, out, s, t, generator) -> Tensor:
         # Bayes' update softmax(y_sender + ln theta) is a sum of logits: kept as one, nothing underflows.
         alpha = torch.tensor(self.beta(t) - self.beta(s), dtype=y.dtype, device=y.device)
@@ -129,6 +138,18 @@ class CategoricalPath:
         return out
 
 
+def bridge_draw(z: Tensor, b_t: float, b_s: float, scale: float, generator) -> Tensor:
+    """z(b_s) given z(b_t), b_s < b_t, for z(b) = b d + sqrt(scale) W(b): (b_s / b_t) z + N(0, scale b_s (b_t - b_s) / b_t).
+
+    A Brownian motion with drift d, given its value at b_t, is a Brownian bridge whatever d is, so the step
+    back towards the prior needs no data: it is RePaint's re-noising (Lugmayr et al., 2022) for BFN states.
+    """
+    if b_t <= 0.0:
+        return torch.zeros_like(z)
+    noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+    return (b_s / b_t) * z + math.sqrt(scale * b_s * (b_t - b_s) / b_t) * noise
+
+
 def path_for(flow: BayesianFlow, shape: tuple[int, ...], device) -> GaussianPath | CategoricalPath:
     if isinstance(flow, ContinuousBayesianFlow):
         return GaussianPath(flow, shape, device)
@@ -144,32 +165,47 @@ StepRule = Callable[..., Tensor]
 @torch.no_grad()
 def integrate(rule: StepRule, output_fn: OutputFn, flow: BayesianFlow, shape, times, *, generator=None,
               callback=None, final: str = "sample", drop_last: bool = False, return_trajectory: bool = False,
-              device=None, start_above_zero: bool = False, who: str = "sampler", observed=None, mask=None):
+              device=None, start_above_zero: bool = False, who: str = "sampler", observed=None, mask=None,
+              resample: int = 1):
     """Run `rule` over the grid: p_O at each t_i drives step i; the result comes from p_O at t_n (or t_{n-1} with drop_last).
 
     With observed and mask (inpainting.py), the known coordinates' state is redrawn from p_F(. | observed; t_i)
-    before every network call and the result equals observed on the mask.
+    before every network call and the result equals observed on the mask. resample = R > 1 (inpainting only)
+    takes every step R times: after each try but the last, the state goes back from t_{i+1} to t_i by the
+    flow's bridge (path.back), so the unknown coordinates re-meet the known ones (RePaint's resampling, jump
+    length 1); about R times the network calls.
     """
     final = check_choice(final, FINALS, "final")
     ts = check_times(times, start_above_zero=start_above_zero, who=who)
     shape, n = tuple(shape), len(ts) - 1
     path = path_for(flow, shape, device)
     inpaint = None if observed is None and mask is None else Inpainting(flow, observed, mask, shape, device)
+    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
+        raise BfnError(f"resample must be an int >= 1 (1: no resampling), got {resample!r}")
+    if resample > 1 and inpaint is None:
+        raise BfnError("resample is for inpainting: pass observed and mask, or leave resample at 1")
     state, memory, trajectory = path.init(ts[0], generator), {}, []
     for i in range(n + 1):
-        if inpaint is not None:
-            state = inpaint.known_state(state, ts[i], generator)
-        theta = path.theta(state, ts[i])
+        for attempt in range(resample if i < n else 1):
+            if inpaint is not None:
+                state = inpaint.known_state(state, ts[i], generator)
+            theta = path.theta(state, ts[i])
+            out = output_fn(theta, torch.full((shape[0],), ts[i], device=state.device))
+            if i == n or (drop_last and i == n - 1):
+                break  # drop_last: the solver code's `last_drop`, the last output is the result, one call fewer
+            before = dict(memory)  # a multistep rule's history must not hold the tries it takes back
+            ahead = rule(path, state, out, i, ts, memory, generator)
+            if attempt < resample - 1:
+                state, memory = path.back(ahead, ts[i + 1], ts[i], generator), before
         if return_trajectory:
             trajectory.append(theta)
-        out = output_fn(theta, torch.full((shape[0],), ts[i], device=state.device))
         if i == n:
             break
         if callback is not None:
             callback({"step": i + 1, "n_steps": n, "t": ts[i], "theta": theta, "output": out})
         if drop_last and i == n - 1:
-            break  # the solver code's `last_drop`: the last output is the result, one network call fewer
-        state = rule(path, state, out, i, ts, memory, generator)
+            break
+        state = ahead
     result = out.sample(generator) if final == "sample" else out.mode
     if inpaint is not None:
         result = inpaint.result(result)

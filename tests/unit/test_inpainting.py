@@ -203,3 +203,61 @@ def test_inpainting_arguments_are_checked():
     # one observation and one mask broadcast over the batch
     s = bfn.sample(x.shape, 3, observed=x[0], mask=torch.tensor([True, True, False, False, False, False]))
     assert torch.equal(s[:, :2], x[0, :2].expand(x.shape[0], 2))
+
+
+@pytest.mark.parametrize("flow, x", [
+    (ContinuousBayesianFlow(0.02), torch.tensor([-0.7, 0.1, 0.9])),
+    (ContinuousBayesianFlow(1e-3), torch.tensor([0.5, -1.0, 1.0])),
+    (DiscreteBayesianFlow(4, 3.0), torch.tensor([0, 2, 3])),
+])
+def test_the_step_back_keeps_the_bayesian_flow(flow, x):
+    """path.back(state_t, t, s) of a state drawn from p_F(. | x; t) is distributed as p_F(. | x; s): the bridge
+    is exact and needs no x. Checked in float64 against flow_mean_std, t = 1 and s = 0 included."""
+    from bfn_core.solvers import path_for
+
+    n = 200_000
+    data = x.repeat(n // len(x))
+    discrete = isinstance(flow, DiscreteBayesianFlow)
+    data = data if discrete else data.double()
+    path = path_for(flow, tuple(data.shape), None)
+    for t, s in ((0.7, 0.3), (1.0, 0.5), (0.4, 0.0), (0.05, 0.01)):
+        mean_t, std_t = flow.flow_mean_std(data, torch.full((len(data),), t, dtype=torch.float64))
+        state = mean_t + std_t * torch.randn(mean_t.shape, dtype=torch.float64, generator=gen(1))
+        back = path.back(state, t, s, gen(2))
+        mean_s, std_s = flow.flow_mean_std(data, torch.full((len(data),), s, dtype=torch.float64))
+        mean_s, std_s = mean_s.expand_as(back), std_s.expand_as(back)
+        for i in range(len(x)):
+            rows = slice(i, None, len(x))
+            got_mean, got_std = back[rows].mean(0), back[rows].std(0)
+            tol = 5 * std_s[rows][0] / n ** 0.5 * len(x) ** 0.5 + 1e-12
+            assert torch.allclose(got_mean, mean_s[rows][0], atol=float(tol.max())), (t, s, i)
+            assert torch.allclose(got_std, std_s[rows][0], rtol=0.02, atol=1e-12), (t, s, i)
+
+
+def test_resampling_lets_the_unknown_coordinates_catch_up():
+    """RePaint's resampling (integrate's resample): the exact-posterior network's inpainted coordinate follows the
+    observed one more often with more tries per step (0.73 -> 0.82 at R = 10, bfn at 20 steps), observed
+    values still exact; resample=1 is the plain sampler, draw for draw."""
+    flow = ContinuousBayesianFlow(0.02)
+    bfn = BFN(JointPointsOracle(CENTRES, flow), ContinuousLoss(flow))
+    n = 2000
+    c = torch.arange(n) % 4
+    x, mask = CENTRES[c], torch.tensor([True, False]).expand(n, 2)
+    rates = {}
+    for r in (1, 10):
+        s = bfn.sample((n, 2), 20, observed=x, mask=mask, generator=gen(2), resample=r)
+        assert torch.equal(s[:, 0], x[:, 0])
+        rates[r] = float((component(s) == c).float().mean())
+    print(f"\ninpainted component rate by resample: {rates}")
+    assert rates[10] > rates[1] + 0.05
+    plain = bfn.sample((n, 2), 20, observed=x, mask=mask, generator=gen(2))
+    assert torch.equal(plain, bfn.sample((n, 2), 20, observed=x, mask=mask, generator=gen(2), resample=1))
+    calls = []
+    bfn.net.register_forward_pre_hook(lambda *a: calls.append(1))
+    bfn.sample((4, 2), 5, sampler="ode2", observed=x[:4], mask=mask[:4], generator=gen(3), resample=3)
+    assert len(calls) == 5 * 3 + 1  # every step three times, the final output once
+    bfn, data = _random_models()[2]
+    with pytest.raises(BfnError, match="resample is for inpainting"):
+        bfn.sample(data.shape, 3, resample=2)
+    with pytest.raises(BfnError, match="resample must be an int >= 1"):
+        bfn.sample(data.shape, 3, observed=data, mask=torch.ones(data.shape, dtype=torch.bool), resample=0)
