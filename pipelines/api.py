@@ -50,13 +50,15 @@ def evaluate(model: str, steps=(10, 100, 1000, None), **options):
 
 def sample(model, n: int = 16, steps: int = 100, *, sampler: str = "bfn", grid: str | None = None,
            final: str = "sample", seed: int = 0, device: str = "auto", precision: str = "auto", batch_size: int = 256,
-           classes=None, guidance: float = 0.0, guidance_space: str = "output", observed=None, mask=None):
+           classes=None, guidance: float = 0.0, guidance_space: str = "output", observed=None, mask=None,
+           resample: int = 1):
     """n samples as a numpy array of the data's shape (images in [-1, 1] or class indices). classes (an id,
-    name or list, cycled over the samples), guidance, guidance_space, observed and mask condition them as
+    name or list, cycled over the samples), guidance, guidance_space, observed, mask and resample condition them as
     pipelines.sampling's docstring says, e.g. sample(run, n=20, classes=[3, 7], guidance=1.0)."""
     from pipelines.sampling import sample_array
 
     samples, _, _, _ = sample_array(model, n=n, steps=steps, seed=seed, batch_size=batch_size, device=device,
                                     sampler=sampler, grid=grid, final=final, precision=precision, classes=classes,
-                                    guidance=guidance, guidance_space=guidance_space, observed=observed, mask=mask)
+                                    guidance=guidance, guidance_space=guidance_space, observed=observed, mask=mask,
+                                    resample=resample)
     return samples

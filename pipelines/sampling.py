@@ -10,7 +10,8 @@ Conditioning options, shared by `bfn sample`, the notebook API and the benchmark
 * observed, mask (or a mask file, `read_inpainting`): inpainting, the samples equal `observed` where
   `mask` is True. `observed` is in the model's convention, the one `bfn sample` writes its .npy in:
   floats in [-1, 1] for continuous and discretised data (discretised: bin centres), integer class
-  indices 0..K-1 for discrete data. Works for unconditional models too.
+  indices 0..K-1 for discrete data. Works for unconditional models too. resample R > 1: RePaint's
+  resampling (bfn_core.solvers.integrate), every step taken R times; needs a mask.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ class Conditioning:
     guidance_space: str = "output"
     observed: np.ndarray | None = None
     mask: np.ndarray | None = None
+    resample: int = 1
 
     def batch(self, start: int, stop: int) -> dict:
         """bfn_core.BFN.sample keywords for samples start..stop-1."""
@@ -69,6 +71,8 @@ class Conditioning:
         if self.mask is not None:
             out["observed"] = torch.from_numpy(np.ascontiguousarray(self.observed[start:stop]))
             out["mask"] = torch.from_numpy(np.ascontiguousarray(self.mask[start:stop]))
+            if self.resample > 1:
+                out["resample"] = self.resample
         return out
 
 
@@ -180,7 +184,7 @@ def check_inpainting(observed, mask, data_shape: tuple[int, ...], n: int, config
 
 
 def conditioning(loaded, n: int, *, classes=None, guidance: float = 0.0, guidance_space: str = "output",
-                 observed=None, mask=None, model: str = "the model") -> Conditioning:
+                 observed=None, mask=None, resample: int = 1, model: str = "the model") -> Conditioning:
     """Conditioning of n samples from a LoadedModel, every option checked with a one-line error."""
     check_guidance_choice(classes, guidance, guidance_space)
     labels = None
@@ -189,15 +193,19 @@ def conditioning(loaded, n: int, *, classes=None, guidance: float = 0.0, guidanc
         labels = np.resize(np.asarray(ids, np.int64), n)  # cycled over the samples
     if (observed is None) != (mask is None):
         raise PipelineError("inpainting needs both observed (the known data) and mask (True where known)")
+    if isinstance(resample, bool) or not isinstance(resample, (int, np.integer)) or resample < 1:
+        raise PipelineError(f"--resample must be a whole number >= 1 (1: off), got {resample!r}")
+    if resample > 1 and mask is None:
+        raise PipelineError("--resample needs --mask: resampling is for inpainting (e.g. --mask known.npz --resample 10)")
     if mask is not None:
         observed, mask = check_inpainting(observed, mask, loaded.data_shape, n, loaded.config)
-    return Conditioning(labels, float(guidance), guidance_space, observed, mask)
+    return Conditioning(labels, float(guidance), guidance_space, observed, mask, int(resample))
 
 
 def sample_array(ref, *, n: int, steps: int, seed: int = 0, batch_size: int = 256, device: str = "auto",
                  sampler: str = "bfn", grid: str | None = None, final: str = "sample", precision: str = "auto",
                  classes=None, guidance: float = 0.0, guidance_space: str = "output", observed=None, mask=None,
-                 on_progress: Callable[[int], None] | None = None):
+                 resample: int = 1, on_progress: Callable[[int], None] | None = None):
     """(samples, Conditioning, LoadedModel, NFE per batch) of a model reference or LoadedModel (see the module
     docstring for the conditioning keywords); on_progress(k) is told of k more samples drawn."""
     from pipelines.evaluation import check_precision, resolve_device
@@ -219,7 +227,7 @@ def sample_array(ref, *, n: int, steps: int, seed: int = 0, batch_size: int = 25
             setup_mlflow()
         loaded, name = load_model(ref), f"model {ref}"
     cond = conditioning(loaded, n, classes=classes, guidance=guidance, guidance_space=guidance_space,
-                        observed=observed, mask=mask, model=name)
+                        observed=observed, mask=mask, resample=resample, model=name)
     samples, nfe, _ = draw(loaded, n=n, steps=steps, sampler=sampler, grid=grid, final=final, batch_size=batch_size,
                            seed=seed, device=dev, precision=precision, on_batch=on_progress, conditioning=cond)
     return samples, cond, loaded, nfe
@@ -253,7 +261,8 @@ def save_class_grid(samples: np.ndarray, labels: np.ndarray, path: str | Path, t
 def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, batch_size: int = 256,
                     device: str = "auto", sampler: str = "bfn", grid: str | None = None, final: str = "sample",
                     precision: str = "auto", classes=None, guidance: float = 0.0, guidance_space: str = "output",
-                    mask_file: str | None = None, on_progress: Callable[[int], None] | None = None) -> list[Path]:
+                    mask_file: str | None = None, resample: int = 1,
+                    on_progress: Callable[[int], None] | None = None) -> list[Path]:
     """Draw n samples with `sampler` over `steps` steps of `grid` (None: the sampler's own) on `device`
     (auto: a GPU when there is one), in batches, conditioned as the module docstring says (mask_file: see
     read_inpainting); writes OUT.npy (plus OUT.labels.npy for class-conditional samples) and a picture."""
@@ -264,7 +273,7 @@ def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, ba
     samples, cond, loaded, nfe = sample_array(
         ref, n=n, steps=steps, seed=seed, batch_size=batch_size, device=device, sampler=sampler, grid=grid, final=final,
         precision=precision, classes=classes, guidance=guidance, guidance_space=guidance_space, observed=observed,
-        mask=mask, on_progress=on_progress)
+        mask=mask, resample=resample, on_progress=on_progress)
     from pipelines.pictures import save_samples
 
     stem = Path(out)

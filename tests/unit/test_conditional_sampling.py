@@ -90,8 +90,8 @@ def test_unconditional_model_refuses_a_class(models):
         sample_array(str(models["uncond"]), n=2, steps=2, device="cpu", classes="1")
 
 
-@pytest.mark.parametrize("which", ["cond", "uncond"])
-def test_inpainting_keeps_the_observed_values_exactly(models, which, tmp_path):
+@pytest.mark.parametrize("which, resample", [("cond", 1), ("uncond", 1), ("uncond", 3)])
+def test_inpainting_keeps_the_observed_values_exactly(models, which, resample, tmp_path):
     from pipelines.sampling import sample_to_files
 
     rng = np.random.default_rng(0)
@@ -101,7 +101,8 @@ def test_inpainting_keeps_the_observed_values_exactly(models, which, tmp_path):
     observed[~mask] = np.nan  # unknown entries may hold anything
     np.savez(tmp_path / "known.npz", observed=observed, mask=mask)
     files = sample_to_files(str(models[which]), n=3, steps=4, out=str(tmp_path / "out"), device="cpu",
-                            mask_file=str(tmp_path / "known.npz"), classes="1" if which == "cond" else None)
+                            mask_file=str(tmp_path / "known.npz"), classes="1" if which == "cond" else None,
+                            resample=resample)
     x = np.load(files[0])
     assert x.shape == (3, *SHAPE)
     np.testing.assert_array_equal(x[:, :4], np.broadcast_to(observed[:4], (3, 4, 8, 1)))
@@ -149,6 +150,8 @@ def test_cli_class_flags_one_line_errors_exit_1(models, tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
     assert _run_cli(models["cond"], "--mask", tmp_path / "none.npz", "--n", "2", "--steps", "2", home=home) == 1
     assert "cannot read --mask" in capsys.readouterr().err
+    assert _run_cli(models["uncond"], "--resample", "5", "--n", "2", "--steps", "2", "--device", "cpu", home=home) == 1
+    assert "--resample needs --mask" in capsys.readouterr().err
 
 
 def test_cli_writes_samples_labels_and_a_row_per_class(models, tmp_path, capsys):
