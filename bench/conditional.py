@@ -14,7 +14,12 @@ sampler, steps and seed each time, are scored with pipelines.sample_quality.meas
   * quality: fd_digits (Fréchet distance to the test split in the classifier's features, lower is better).
 
 Target: at the best point, class accuracy >= 0.9 while fd_digits is within 20% of the unconditional
-model's (<= 1.2 x). Printed: the table and the verdict; written: every point to --out (JSON) and a picture
+model's (<= 1.2 x).
+
+Inpainting, alongside (no target): the top half of --n-samples test digits is given, the unconditional
+model draws the bottom half (pipelines.sampling's mask, for every --resample R: RePaint's resampling), and
+the classifier reads the completed digits against their true labels; the true digits and the digits with
+a blank bottom half bracket the figure. A picture shows the first ten: given, completed per R, true. Printed: the table and the verdict; written: every point to --out (JSON) and a picture
 of accuracy and fd_digits against w, both spaces, beside it (.png).
 Run: ``python bench/conditional.py [--steps N] [--guidance 0,1,2]``; ``--smoke`` runs every path at toy sizes.
 """
@@ -140,6 +145,56 @@ def save_picture(result: dict, path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
+def inpainting(model: LoadedModel, cfg: ExperimentConfig, args, device) -> dict:
+    """Class accuracy of test digits completed from their top half, per resample count, with its bounds."""
+    from pipelines.data.sources import get_source
+    from pipelines.data.transforms import make_transform
+    from pipelines.quality.conditional import class_accuracy
+    from pipelines.sample_quality import draw
+    from pipelines.sampling import Conditioning
+
+    source = get_source("digits")
+    split = source.load("test", seed=cfg.training.seed)
+    transform = make_transform(source.field, cfg.data.kind, cfg.data.num_classes, default=source.default_read)
+    truth = np.ascontiguousarray(transform(split.data))[: args.n_samples].astype(np.float32)
+    labels = np.asarray(split.labels, np.int64)[: len(truth)]
+    mask = np.zeros_like(truth, dtype=bool)
+    mask[:, : truth.shape[1] // 2] = True  # the top half known
+    blank = np.where(mask, truth, -1.0).astype(np.float32)  # the bottom half as background
+
+    def accuracy(images):
+        return class_accuracy("digits", images, labels, levels=cfg.data.num_classes)["class_accuracy"]
+
+    out = {"n": len(truth), "known": "top half", "truth": accuracy(truth), "blank_bottom": accuracy(blank), "points": []}
+    completed = {}
+    for r in args.resample:
+        cond = Conditioning(observed=truth, mask=mask, resample=r)
+        images, nfe, seconds = draw(model, n=len(truth), steps=args.sample_steps, sampler=args.sampler,
+                                    batch_size=args.batch_size, seed=args.seed, device=device, conditioning=cond)
+        assert np.array_equal(images[mask], truth[mask])
+        completed[r] = images
+        out["points"].append({"resample": r, "class_accuracy": accuracy(images), "nfe": nfe,
+                              "seconds_per_sample": seconds / len(truth)})
+        print(f"  inpainting R {r}: class accuracy {out['points'][-1]['class_accuracy']:.3f}", file=sys.stderr, flush=True)
+    rows = [blank[:10], *(completed[r][:10] for r in args.resample), truth[:10]]
+    out["picture_rows"] = ["given (top half)", *(f"completed, R = {r}" for r in args.resample), "true digit"]
+    out["tiles"] = np.concatenate(rows), np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    return out
+
+
+def inpainting_report(result: dict) -> str:
+    inp = result["inpainting"]
+    lines = [f"== inpainting: {inp['n']} test digits, {inp['known']} given, the unconditional model completes the rest "
+             f"({result['sampler']} x {result['sample_steps']} steps)",
+             f"{'':<24} {'class acc':>10} {'NFE':>5} {'ms/sample':>10}",
+             f"{'true digits':<24} {inp['truth']:>10.3f}",
+             f"{'bottom half blank':<24} {inp['blank_bottom']:>10.3f}"]
+    for p in inp["points"]:
+        lines.append(f"{'completed, R = ' + str(p['resample']):<24} {p['class_accuracy']:>10.3f} {p['nfe']:>5} "
+                     f"{p['seconds_per_sample'] * 1e3:>10.2f}")
+    return "\n".join(lines)
+
+
 def float_list(text: str) -> list[float]:
     try:
         return sorted({float(v) for v in text.split(",") if v.strip()})
@@ -153,6 +208,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-dropout", type=float, default=0.15, help="null-class probability in training (0.1-0.2)")
     p.add_argument("--guidance", type=float_list, default=[0.0, 0.5, 1.0, 2.0, 4.0], help="guidance weights w")
     p.add_argument("--n-samples", type=int, default=500, help="samples per point, the ten classes cycled")
+    p.add_argument("--resample", type=lambda t: sorted({int(v) for v in t.split(",")}), default=[1, 5],
+                   help="inpainting: RePaint resample counts to compare (default 1,5)")
     p.add_argument("--sampler", default="ode2", help="sampler of every point (default ode2)")
     p.add_argument("--sample-steps", type=int, default=20, help="sampling steps of every point")
     p.add_argument("--batch-size", type=int, default=250)
@@ -163,8 +220,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="toy sizes: 3 training steps, 20 samples, w in {0, 1}")
     args = p.parse_args(argv)
     if args.smoke:
-        args.steps, args.n_samples, args.guidance, args.sample_steps = 3, 20, [0.0, 1.0], 2
-    if min(args.steps, args.n_samples, args.sample_steps, args.batch_size) < 1 or not args.guidance:
+        args.steps, args.n_samples, args.guidance, args.sample_steps, args.resample = 3, 20, [0.0, 1.0], 2, [1, 2]
+    if min(args.steps, args.n_samples, args.sample_steps, args.batch_size, *args.resample) < 1 or not args.guidance:
         p.error("--steps, --n-samples, --sample-steps and --batch-size must be >= 1, --guidance non-empty")
     return args
 
@@ -199,18 +256,25 @@ def main(argv=None) -> None:
             print(f"  {space:<6} w {w:>4g}: class accuracy {metrics['class_accuracy']:.3f}, fd_digits "
                   f"{metrics['fd_digits']:.4g}", file=sys.stderr, flush=True)
     uncond = measure_sampler(models["unconditional"], **opts).metrics
+    inpainted = inpainting(models["unconditional"], base, args, device)
+    tiles, rows = inpainted.pop("tiles")
     result = {"dataset": "digits", "config": setting.config, "train_steps": base.training.steps,
               "train_seconds": seconds, "label_dropout": args.label_dropout, "n_samples": args.n_samples,
               "sampler": args.sampler, "sample_steps": args.sample_steps, "points": points, "unconditional": uncond,
-              "verdict": verdict(points, uncond["fd_digits"])}
+              "verdict": verdict(points, uncond["fd_digits"]), "inpainting": inpainted}
     print(report(result), flush=True)
+    print(inpainting_report(result), flush=True)
     out = Path(args.out) if args.out else bfn_home() / "bench" / "bench_conditional.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     out.write_text(json.dumps({**result, "settings": {**settings, "torch": torch.__version__, "device": str(device)}},
                               indent=2))
     picture = save_picture(result, out.with_suffix(".png"))
-    print(f"wrote {out} and {picture}")
+    from pipelines.sampling import save_class_grid
+
+    grid = save_class_grid(tiles, rows, out.with_name(out.stem + "_inpainting.png"),
+                           title="rows: " + "; ".join(inpainted["picture_rows"]))
+    print(f"wrote {out}, {picture} and {grid}")
 
 
 if __name__ == "__main__":

@@ -247,3 +247,7 @@ def test_conditional_bench_smoke(tmp_path):
         assert 0.0 <= p["class_accuracy"] <= 1.0 and np.isfinite(p["fd_digits"])
     assert np.isfinite(result["unconditional"]["fd_digits"]) and result["verdict"]["status"] in ("PASS", "MISS")
     assert "target:" in proc.stdout
+    inpainted = result["inpainting"]
+    assert [p["resample"] for p in inpainted["points"]] == [1, 2] and inpainted["truth"] > 0.9
+    assert inpainted["points"][1]["nfe"] == 2 * inpainted["points"][0]["nfe"] - 1  # 2 steps taken twice, 1 final call
+    assert (tmp_path / "bench_conditional_inpainting.png").stat().st_size > 0 and "== inpainting" in proc.stdout
