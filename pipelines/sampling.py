@@ -202,6 +202,19 @@ def conditioning(loaded, n: int, *, classes=None, guidance: float = 0.0, guidanc
     return Conditioning(labels, float(guidance), guidance_space, observed, mask, int(resample))
 
 
+def resolve_model(ref):
+    """(LoadedModel, its name in messages) of a model reference (run id, URI, folder) or a LoadedModel."""
+    from pipelines.model_store import LoadedModel, load_model
+
+    if isinstance(ref, LoadedModel):
+        return ref, "the model"
+    if not Path(ref).is_dir():
+        from pipelines.tracking import setup_mlflow
+
+        setup_mlflow()
+    return load_model(ref), f"model {ref}"
+
+
 def sample_array(ref, *, n: int, steps: int, seed: int = 0, batch_size: int = 256, device: str = "auto",
                  sampler: str = "bfn", grid: str | None = None, final: str = "sample", precision: str = "auto",
                  classes=None, guidance: float = 0.0, guidance_space: str = "output", observed=None, mask=None,
@@ -209,7 +222,6 @@ def sample_array(ref, *, n: int, steps: int, seed: int = 0, batch_size: int = 25
     """(samples, Conditioning, LoadedModel, NFE per batch) of a model reference or LoadedModel (see the module
     docstring for the conditioning keywords); on_progress(k) is told of k more samples drawn."""
     from pipelines.evaluation import check_precision, resolve_device
-    from pipelines.model_store import LoadedModel, load_model
     from pipelines.sample_quality import draw
 
     if n < 1 or steps < 1:
@@ -218,14 +230,7 @@ def sample_array(ref, *, n: int, steps: int, seed: int = 0, batch_size: int = 25
     check_guidance_choice(classes, guidance, guidance_space)
     check_precision(precision)
     dev = resolve_device(device)
-    if isinstance(ref, LoadedModel):
-        loaded, name = ref, "the model"
-    else:
-        if not Path(ref).is_dir():
-            from pipelines.tracking import setup_mlflow
-
-            setup_mlflow()
-        loaded, name = load_model(ref), f"model {ref}"
+    loaded, name = resolve_model(ref)
     cond = conditioning(loaded, n, classes=classes, guidance=guidance, guidance_space=guidance_space,
                         observed=observed, mask=mask, resample=resample, model=name)
     samples, nfe, _ = draw(loaded, n=n, steps=steps, sampler=sampler, grid=grid, final=final, batch_size=batch_size,
@@ -261,15 +266,23 @@ def save_class_grid(samples: np.ndarray, labels: np.ndarray, path: str | Path, t
 def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, batch_size: int = 256,
                     device: str = "auto", sampler: str = "bfn", grid: str | None = None, final: str = "sample",
                     precision: str = "auto", classes=None, guidance: float = 0.0, guidance_space: str = "output",
-                    mask_file: str | None = None, resample: int = 1,
-                    on_progress: Callable[[int], None] | None = None) -> list[Path]:
+                    mask_file: str | None = None, prefix: str | None = None, infix: str | None = None,
+                    resample: int = 1, on_progress: Callable[[int], None] | None = None) -> list[Path]:
     """Draw n samples with `sampler` over `steps` steps of `grid` (None: the sampler's own) on `device`
     (auto: a GPU when there is one), in batches, conditioned as the module docstring says (mask_file: see
-    read_inpainting); writes OUT.npy (plus OUT.labels.npy for class-conditional samples) and a picture."""
+    read_inpainting; prefix / infix: a text prompt, pipelines.prompts); writes OUT.npy (plus OUT.labels.npy
+    for class-conditional samples) and a picture."""
     observed = mask = None
+    if sum(v is not None for v in (mask_file, prefix, infix)) > 1:
+        raise PipelineError("give one of --mask, --prefix or --infix: each says which coordinates are known")
     if mask_file is not None:
         observed, mask = read_inpainting(mask_file)  # before the model: a bad file fails fast
     check_guidance_choice(classes, guidance, guidance_space)
+    if prefix is not None or infix is not None:
+        from pipelines.prompts import text_inpainting
+
+        ref, _ = resolve_model(ref)
+        observed, mask = text_inpainting(ref.config, ref.data_shape, prefix=prefix, infix=infix)
     samples, cond, loaded, nfe = sample_array(
         ref, n=n, steps=steps, seed=seed, batch_size=batch_size, device=device, sampler=sampler, grid=grid, final=final,
         precision=precision, classes=classes, guidance=guidance, guidance_space=guidance_space, observed=observed,

@@ -251,3 +251,48 @@ def test_conditional_bench_smoke(tmp_path):
     assert [p["resample"] for p in inpainted["points"]] == [1, 2] and inpainted["truth"] > 0.9
     assert inpainted["points"][1]["nfe"] == 2 * inpainted["points"][0]["nfe"] - 1  # 2 steps taken twice, 1 final call
     assert (tmp_path / "bench_conditional_inpainting.png").stat().st_size > 0 and "== inpainting" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A 16-character text8-alphabet model folder (27 classes, no manifest: the alphabet comes from the class count)."""
+    torch.manual_seed(0)
+    kw = dict(kind="discrete", network="mlp", num_classes=27, beta_1=3.0, hidden=16, depth=1, time_dim=8)
+    bfn = make_bfn(data_shape=(16,), **kw)
+    config = {"data": {"kind": "discrete", "num_classes": 27, "train": None}, "model": {"network": "mlp"},
+              "training": {"compile": "off"}}
+    folder = tmp_path_factory.mktemp("text") / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(model_meta(config, (16,), kw)))
+    torch.save(bfn.state_dict(), folder / "ema.pt")
+    return folder
+
+
+def test_text_prompts_are_kept_as_prefix_and_infix(text_model, tmp_path, capsys):
+    home = tmp_path / "home"
+    assert _run_cli(text_model, "--prefix", "the cat", "--n", "3", "--steps", "3", "--device", "cpu",
+                    "--out", tmp_path / "p", "--resample", "2", home=home) == 0, capsys.readouterr().err
+    lines = (tmp_path / "p.txt").read_text().splitlines()
+    assert len(lines) == 3 and all(line.startswith("the cat") and len(line) == 16 for line in lines), lines
+    assert _run_cli(text_model, "--infix", "9:sat", "--n", "2", "--steps", "3", "--device", "cpu",
+                    "--out", tmp_path / "i", home=home) == 0, capsys.readouterr().err
+    assert all(line[9:12] == "sat" for line in (tmp_path / "i.txt").read_text().splitlines())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prefix", "The Cat"], "not in the model's alphabet"),
+    (["--prefix", "a" * 17], "does not fit the model's 16 characters"),
+    (["--infix", "sat"], "--infix takes POSITION:TEXT"),
+    (["--infix", "14:sat"], "does not fit"),
+    (["--prefix", "a", "--mask", "known.npz"], "give one of --mask, --prefix or --infix"),
+])
+def test_bad_text_prompts_are_one_line(text_model, tmp_path, capsys, argv, message):
+    assert _run_cli(text_model, *argv, "--n", "2", "--steps", "2", "--device", "cpu", home=tmp_path / "home") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def test_a_text_prompt_needs_a_text_model(models, tmp_path, capsys):
+    assert _run_cli(models["uncond"], "--prefix", "abc", "--n", "2", "--steps", "2", "--device", "cpu",
+                    home=tmp_path / "home") == 1
+    assert "is for text models" in capsys.readouterr().err

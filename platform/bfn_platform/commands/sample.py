@@ -11,6 +11,7 @@ EPILOG = """examples:
 
   bfn sample models:/digits-cond@champion --class 0,1,2,3,4,5,6,7,8,9 --n 50 --guidance 1   # one row per class
   bfn sample models:/digits@champion --mask known.npz          # inpainting: np.savez(known.npz, observed=..., mask=...)
+  bfn sample models:/text8@champion --prefix "the history of " --n 8   # text: continue a prompt (--infix 40:TEXT)
 
 conditioning: --class needs a model trained with a conditioning block; ids (or the class names its data records)
 are cycled over the --n samples. --guidance W: classifier-free guidance (0: plain conditional, -1: unconditional,
@@ -49,6 +50,8 @@ def register(sub) -> None:
                    help="combine the network outputs (default) or p_O's parameters")
     p.add_argument("--mask", dest="mask_file", metavar="FILE",
                    help="inpainting: .npz with observed and mask (bool), or OBSERVED.npy,MASK.npy")
+    p.add_argument("--prefix", metavar="TEXT", help="text models: every sample starts with TEXT (inpainting)")
+    p.add_argument("--infix", metavar="POS:TEXT", help="text models: TEXT fixed at position POS (inpainting)")
     p.add_argument("--resample", type=int, default=1, metavar="R",
                    help="with --mask: take every step R times (RePaint resampling; default 1: off)")
     add_verbose(p)
@@ -71,7 +74,7 @@ def run(args) -> int:
                                 batch_size=args.batch_size, device=args.device, sampler=args.sampler, grid=args.grid,
                                 final=args.final, precision=args.precision, classes=args.classes,
                                 guidance=args.guidance, guidance_space=args.guidance_space, mask_file=args.mask_file,
-                                resample=args.resample,
+                                prefix=args.prefix, infix=args.infix, resample=args.resample,
                                 on_progress=lambda k: bar.update(task, advance=k))
     console.print("wrote " + ", ".join(str(f) for f in files))
     return 0
