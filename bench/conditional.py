@@ -26,7 +26,6 @@ Run: ``python bench/conditional.py [--steps N] [--guidance 0,1,2]``; ``--smoke``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -45,7 +44,7 @@ from pipelines.errors import PipelineError  # noqa: E402
 from pipelines.model_store import LoadedModel  # noqa: E402
 from pipelines.sample_quality import measure_sampler  # noqa: E402
 from pipelines.worker import build_training, optimisation_step  # noqa: E402
-from samplers import SETTINGS, experiment, training_data  # noqa: E402  (bench/samplers.py: the same digits setup)
+from samplers import SETTINGS, bench_device, experiment, training_data, write_json  # noqa: E402  (bench/samplers.py: the same digits setup)
 
 SPACES = ("output", "params")
 CLASSES = list(range(10))
@@ -227,13 +226,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
-    from pipelines.evaluation import resolve_device
-    from pipelines.tracking import bfn_home
-
     args = parse_args(argv)
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = bench_device(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; guidance {args.guidance} in "
           f"{', '.join(SPACES)} space{'; SMOKE sizes' if args.smoke else ''}\n", flush=True)
     setting = SETTINGS["digits"]
@@ -264,15 +258,11 @@ def main(argv=None) -> None:
               "verdict": verdict(points, uncond["fd_digits"]), "inpainting": inpainted}
     print(report(result), flush=True)
     print(inpainting_report(result), flush=True)
-    out = Path(args.out) if args.out else bfn_home() / "bench" / "bench_conditional.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    out.write_text(json.dumps({**result, "settings": {**settings, "torch": torch.__version__, "device": str(device)}},
-                              indent=2))
+    out = write_json(args, "bench_conditional.json", result, device)
     picture = save_picture(result, out.with_suffix(".png"))
-    from pipelines.sampling import save_class_grid
+    from pipelines.pictures import save_image_rows
 
-    grid = save_class_grid(tiles, rows, out.with_name(out.stem + "_inpainting.png"),
+    grid = save_image_rows(tiles, rows, out.with_name(out.stem + "_inpainting.png"),
                            title="rows: " + "; ".join(inpainted["picture_rows"]))
     print(f"wrote {out}, {picture} and {grid}")
 

@@ -251,13 +251,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> None:
+def bench_device(args) -> torch.device:
+    """--device resolved (auto: a GPU when there is one) and torch's CPU threads set to --threads."""
     from pipelines.evaluation import resolve_device
 
-    args = parse_args(argv)
-    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def write_json(args, name: str, payload: dict, device) -> Path:
+    """payload and the run's settings (every flag but --out, torch's version, threads, device) as --out, else
+    $BFN_HOME/bench/NAME."""
+    from pipelines.tracking import bfn_home
+
+    out = Path(args.out) if args.out else bfn_home() / "bench" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    out.write_text(json.dumps({**payload, "settings": {**settings, "torch": torch.__version__,
+                                                       "threads": torch.get_num_threads(), "device": str(device)}},
+                              indent=2))
+    return out
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = bench_device(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; samplers {', '.join(SAMPLERS)}; "
           f"NFE {args.nfe}; final draw: {args.final}{'; SMOKE sizes' if args.smoke else ''}\n", flush=True)
     results = {}
@@ -276,13 +295,7 @@ def main(argv=None) -> None:
                          "headline": metric.name, "mode": metric.mode, "coverage": setting.coverage,
                          "points": points, "verdict": verdict(points, metric.mode, args.fast_nfe, args.ref_nfe)}
         print(report(name, results[name], args.nfe) + "\n", flush=True)
-    from pipelines.tracking import bfn_home
-
-    out = Path(args.out) if args.out else bfn_home() / "bench" / "bench_samplers.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    out.write_text(json.dumps({"settings": {**settings, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                            "device": str(device)}, "datasets": results}, indent=2))
+    out = write_json(args, "bench_samplers.json", {"datasets": results}, device)
     picture = save_picture(results, out.with_suffix(".png"))
     print("summary: " + "; ".join(f"{k} {r['verdict']['status']}" for k, r in results.items()))
     print(f"wrote {out} and {picture}")

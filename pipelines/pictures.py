@@ -62,8 +62,25 @@ def save_image_grid(images: np.ndarray, path: str | Path, title: str | None = No
         images = images.astype(np.float32)
     else:
         images = (images.astype(np.float32) + 1.0) / 2.0
-    scale = scale or max(2, math.ceil(MIN_TILE_PX / images.shape[1]))
-    grid = np.clip(image_grid(images, pad=max(1, images.shape[1] // 8)), 0.0, 1.0)
+    return _save_grid(image_grid(images, pad=max(1, images.shape[1] // 8)), images.shape[1], path, title, scale)
+
+
+def save_image_rows(images: np.ndarray, rows: np.ndarray, path: str | Path, title: str | None = None) -> Path:
+    """Images (N, H, W, C) in [-1, 1] (or {0, 1} classes) as one row per value of `rows` (N,), in order of first
+    appearance, short rows padded: a row per class of conditional samples, or given / completed / true."""
+    images = images.astype(np.float32) if images.dtype.kind in "iub" else (images.astype(np.float32) + 1) / 2
+    rows = np.asarray(rows)
+    groups = [images[rows == r] for r in dict.fromkeys(rows.tolist())]
+    width = max(len(g) for g in groups)
+    blank = np.full(images.shape[1:], SEPARATOR, np.float32)
+    tiles = np.stack([g[i] if i < len(g) else blank for g in groups for i in range(width)])
+    return _save_grid(image_grid(tiles, ncols=width, pad=max(1, images.shape[1] // 8)), images.shape[1], path, title)
+
+
+def _save_grid(grid: np.ndarray, tile_height: int, path: str | Path, title: str | None, scale: int | None = None) -> Path:
+    """A grid of images in [0, 1] as a PNG, each tile scaled up to at least MIN_TILE_PX high."""
+    grid = np.clip(grid, 0.0, 1.0)
+    scale = scale or max(2, math.ceil(MIN_TILE_PX / tile_height))
     plt = _pyplot()
     h, w = grid.shape[:2]
     fig = plt.figure(figsize=(max(2.0, w * scale / 100), max(2.0, h * scale / 100) + (0.3 if title else 0)), dpi=100)

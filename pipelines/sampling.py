@@ -238,31 +238,6 @@ def sample_array(ref, *, n: int, steps: int, seed: int = 0, batch_size: int = 25
     return samples, cond, loaded, nfe
 
 
-def save_class_grid(samples: np.ndarray, labels: np.ndarray, path: str | Path, title: str | None = None) -> Path:
-    """Image samples (N, H, W, C) in [-1, 1] (or {0, 1} classes) as one row per class, in order of first request."""
-    import math
-
-    from pipelines.pictures import MIN_TILE_PX, SEPARATOR, _pyplot, image_grid, save_figure
-
-    images = samples.astype(np.float32) if samples.dtype.kind in "iub" else (samples.astype(np.float32) + 1) / 2
-    order = list(dict.fromkeys(labels.tolist()))
-    rows = [images[labels == c] for c in order]
-    width = max(len(r) for r in rows)
-    blank = np.full(images.shape[1:], SEPARATOR, np.float32)
-    tiles = np.stack([r[i] if i < len(r) else blank for r in rows for i in range(width)])
-    grid = np.clip(image_grid(tiles, ncols=width, pad=max(1, images.shape[1] // 8)), 0.0, 1.0)
-    scale = max(2, math.ceil(MIN_TILE_PX / images.shape[1]))
-    plt = _pyplot()
-    h, w = grid.shape[:2]
-    fig = plt.figure(figsize=(max(2.0, w * scale / 100), max(2.0, h * scale / 100) + (0.3 if title else 0)), dpi=100)
-    ax = fig.add_axes([0, 0, 1, 1 if not title else 0.92])
-    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path)
-
-
 def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, batch_size: int = 256,
                     device: str = "auto", sampler: str = "bfn", grid: str | None = None, final: str = "sample",
                     precision: str = "auto", classes=None, guidance: float = 0.0, guidance_space: str = "output",
@@ -287,7 +262,7 @@ def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, ba
         ref, n=n, steps=steps, seed=seed, batch_size=batch_size, device=device, sampler=sampler, grid=grid, final=final,
         precision=precision, classes=classes, guidance=guidance, guidance_space=guidance_space, observed=observed,
         mask=mask, resample=resample, on_progress=on_progress)
-    from pipelines.pictures import save_samples
+    from pipelines.pictures import save_image_rows, save_samples
 
     stem = Path(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +277,7 @@ def sample_to_files(ref: str, *, n: int, steps: int, out: str, seed: int = 0, ba
         title += f", guidance {cond.guidance:g} ({cond.guidance_space})" if cond.guidance else ""
     if cond.labels is not None and samples.ndim == 4 and not (loaded.config["data"]["kind"] == "discrete"
                                                               and samples.max(initial=0) > 1):
-        files.append(save_class_grid(samples, cond.labels, stem.with_suffix(".png"), title=title + "; one row per class"))
+        files.append(save_image_rows(samples, cond.labels, stem.with_suffix(".png"), title=title + "; one row per class"))
     else:
         files.append(save_samples(samples, loaded.config["data"]["kind"], stem, title=title))
     return files
