@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -38,13 +37,11 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipelines.acceleration import Acceleration  # noqa: E402
 from pipelines.config import ExperimentConfig  # noqa: E402
 from pipelines.errors import PipelineError  # noqa: E402
 from pipelines.model_store import LoadedModel  # noqa: E402
 from pipelines.sample_quality import measure_sampler  # noqa: E402
-from pipelines.worker import build_training, optimisation_step  # noqa: E402
-from samplers import SETTINGS, bench_device, experiment, training_data, write_json  # noqa: E402  (bench/samplers.py: the same digits setup)
+from samplers import SETTINGS, bench_device, experiment, train, training_data, write_json  # noqa: E402  (bench/samplers.py: the same digits setup)
 
 SPACES = ("output", "params")
 CLASSES = list(range(10))
@@ -62,29 +59,6 @@ def digit_labels(cfg: ExperimentConfig) -> torch.Tensor:
     from pipelines.data.sources import get_source
 
     return torch.from_numpy(np.asarray(get_source("digits").load("train", seed=cfg.training.seed).labels, np.int64))
-
-
-def train(cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor | None, device) -> tuple[torch.nn.Module, float, float]:
-    """bench/samplers.py's train with labels: micro-batches (x, y) when y is given, so optimisation_step drops
-    them to the null class at cfg.conditioning.label_dropout. Returns (EMA model, seconds, mean last-100 loss)."""
-    accel = Acceleration.resolve(device, cfg.training.precision, "off")
-    shape = tuple(x.shape[1:])
-    bfn, ema, opt = build_training(cfg, shape, accel)
-    bfn.train()
-    g = torch.Generator().manual_seed(cfg.training.seed)
-    b, dims, losses, order = cfg.training.batch_size, math.prod(shape), [], torch.empty(0, dtype=torch.long)
-    start = time.perf_counter()
-    for step in range(cfg.training.steps):
-        if len(order) < b:
-            order = torch.randperm(len(x), generator=g)
-        idx, order = order[:b], order[b:]
-        batch = x[idx].to(device) if y is None else (x[idx].to(device), y[idx].to(device))
-        loss, _ = optimisation_step(bfn, bfn, ema, opt, [batch], cfg, step, dims, accel)
-        losses.append(float(loss))
-        if (step + 1) % max(1, cfg.training.steps // 5) == 0:
-            print(f"  step {step + 1}: loss {np.mean(losses[-100:]):.4g} nats/dim, {time.perf_counter() - start:.0f} s",
-                  file=sys.stderr, flush=True)
-    return ema.eval(), time.perf_counter() - start, float(np.mean(losses[-100:]))
 
 
 def verdict(points: list[dict], uncond_fd: float) -> dict:
@@ -238,7 +212,7 @@ def main(argv=None) -> None:
     for name, cfg, labels in (("conditional", cond_cfg, y), ("unconditional", base, None)):
         print(f"[{name}] training {cfg.training.steps} steps, batch {cfg.training.batch_size}, {len(x)} examples ...",
               file=sys.stderr, flush=True)
-        ema, seconds[name], _ = train(cfg, x.to(device), labels, device)
+        ema, seconds[name], _ = train(cfg, x.to(device), device, labels)
         models[name] = LoadedModel(ema, cfg.model_dump(mode="json"), tuple(x.shape[1:]))
     opts = dict(sampler=args.sampler, steps=args.sample_steps, n=args.n_samples, batch_size=args.batch_size,
                 seed=args.seed, device=device, dataset="digits")

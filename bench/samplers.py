@@ -87,9 +87,11 @@ def training_data(setting: Setting, cfg: ExperimentConfig) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(transform(split.data)))
 
 
-def train(cfg: ExperimentConfig, x: torch.Tensor, device: torch.device) -> tuple[torch.nn.Module, float, float]:
-    """The trainer's optimisation step over shuffled epochs of x; returns (EMA model, seconds, mean loss of
-    the last 100 steps in nats per dimension)."""
+def train(cfg: ExperimentConfig, x: torch.Tensor, device: torch.device,
+          y: torch.Tensor | None = None) -> tuple[torch.nn.Module, float, float]:
+    """The trainer's optimisation step over shuffled epochs of x (with labels y: micro-batches (x, y), which
+    optimisation_step drops to the null class at cfg.conditioning.label_dropout); returns (EMA model, seconds,
+    mean loss of the last 100 steps in nats per dimension)."""
     accel = Acceleration.resolve(device, cfg.training.precision, "off")
     shape = tuple(x.shape[1:])
     bfn, ema, opt = build_training(cfg, shape, accel)
@@ -101,7 +103,8 @@ def train(cfg: ExperimentConfig, x: torch.Tensor, device: torch.device) -> tuple
         if len(order) < b:
             order = torch.randperm(len(x), generator=g)
         idx, order = order[:b], order[b:]
-        loss, _ = optimisation_step(bfn, bfn, ema, opt, [x[idx].to(device)], cfg, step, dims, accel)
+        batch = x[idx].to(device) if y is None else (x[idx].to(device), y[idx].to(device))
+        loss, _ = optimisation_step(bfn, bfn, ema, opt, [batch], cfg, step, dims, accel)
         losses.append(float(loss))
         if (step + 1) % max(1, cfg.training.steps // 5) == 0:  # minutes on a busy CPU: show it is moving
             print(f"  step {step + 1}: loss {np.mean(losses[-100:]):.4g} nats/dim, {time.perf_counter() - start:.0f} s",
