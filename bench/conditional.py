@@ -68,7 +68,10 @@ def verdict(points: list[dict], uncond_fd: float) -> dict:
         best = max(points, key=lambda p: p["class_accuracy"])
         return {"status": "MISS", "reason": "no point within the quality bound", "best": best}
     best = max(ok, key=lambda p: (p["class_accuracy"], -p["fd_digits"]))  # a tie goes to the better quality
-    return {"status": "PASS" if best["class_accuracy"] >= ACCURACY_TARGET else "MISS", "best": best}
+    accurate = [p for p in ok if p["class_accuracy"] >= ACCURACY_TARGET]
+    sharpest = min(accurate, key=lambda p: p["fd_digits"]) if accurate else None  # the other end of the trade-off
+    return {"status": "PASS" if best["class_accuracy"] >= ACCURACY_TARGET else "MISS", "best": best,
+            "best_quality_on_target": sharpest}
 
 
 def report(result: dict) -> str:
@@ -89,6 +92,11 @@ def report(result: dict) -> str:
                  f"{b['fd_digits']:.4g} ({b['fd_digits'] / u['fd_digits']:.2f} x unconditional)   target: class accuracy >= "
                  f"{ACCURACY_TARGET} with fd_digits <= {QUALITY_SLACK} x unconditional   {v['status']}"
                  + (f" ({v['reason']})" if v.get("reason") else ""))
+    q = v.get("best_quality_on_target")
+    if q:
+        lines.append(f"best quality at class accuracy >= {ACCURACY_TARGET}: {q['space']} space, w = {q['guidance']:g}: "
+                     f"class accuracy {q['class_accuracy']:.3f}, fd_digits {q['fd_digits']:.4g} "
+                     f"({q['fd_digits'] / u['fd_digits']:.2f} x unconditional)")
     return "\n".join(lines)
 
 
