@@ -127,8 +127,9 @@ def measure_sampler(loaded: LoadedModel, *, sampler: str, steps: int, grid: str 
                     dataset: str | None = None, final: str = "sample", classes=None, guidance: float = 0.0,
                     guidance_space: str = "output") -> SamplerPoint:
     """Quality metrics of n samples from `sampler` at `steps` steps, with NFE and seconds per sample; with
-    classes (cycled over the samples; see pipelines.sampling) also class accuracy at guidance w in guidance_space."""
-    from pipelines.quality.conditional import class_accuracy
+    classes (cycled over the samples; see pipelines.sampling) drawn for those classes at guidance w in
+    guidance_space, and scored for class accuracy too where the data set has a classifier."""
+    from pipelines.quality.conditional import class_accuracy, has_classifier
     from pipelines.quality.metrics import headline, quality_metrics
     from pipelines.sampling import conditioning
 
@@ -141,7 +142,7 @@ def measure_sampler(loaded: LoadedModel, *, sampler: str, steps: int, grid: str 
                                  batch_size=batch_size, seed=seed, device=device, precision=precision, conditioning=cond)
     levels = sample_levels(loaded.config)
     metrics = {k: float(v) for k, v in quality_metrics(dataset, samples, levels=levels, seed=seed).items()}
-    if cond is not None:
+    if cond is not None and has_classifier(dataset):
         metrics.update(class_accuracy(dataset, samples, cond.labels, levels=levels))
     return SamplerPoint(sampler, grid, steps, nfe, metrics, metric.name, metric.mode, seconds / n, n,
                         None if cond is None else float(guidance), None if cond is None else guidance_space)

@@ -28,7 +28,7 @@ from pipelines.errors import PipelineError
 from pipelines.names import (ENV_MLFLOW_TRACKING_URI, TAG_ERROR, TAG_RECOMMENDED, TAG_SWEEP, TAG_SWEEP_PARENT,
                              TAG_SWEEP_PARETO, TAG_SWEEP_STATUS, TAG_SWEEP_TRIAL)
 from sweeps.sampler_spec import SamplerSweepSpec
-from pipelines.quality.conditional import class_metric_name
+from pipelines.quality.conditional import CLASSIFIED, class_metric_name, has_classifier
 from sweeps.trial import TAG_PARENT
 
 POINT_KEYS = ("sampler", "steps", "grid", "guidance", "guidance_space")  # guidance: conditional points only
@@ -120,6 +120,9 @@ def run_sampler_sweep(spec: SamplerSweepSpec, *, ray_address: str | None = None,
             raise PipelineError(f"sweep {spec.source}: {str(err).replace('--', '')}") from None
     points = spec.points()
     dataset = spec.dataset or model_dataset(loaded.config)
+    if spec.min_class_accuracy is not None and not has_classifier(dataset):
+        raise PipelineError(f"sweep {spec.source}: min_class_accuracy needs class accuracy, which needs a classifier of "
+                            f"the data ({', '.join(CLASSIFIED)} has one, {dataset} not): drop min_class_accuracy")
     registered = registered_version(spec.model)
     client = mlflow.MlflowClient()
     if spec.experiment:

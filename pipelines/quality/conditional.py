@@ -18,6 +18,11 @@ from pipelines.quality.metrics import DEFAULT, _default_levels, quality_dataset
 CLASSIFIED = ("digits",)  # data sets with a local classifier
 
 
+def has_classifier(dataset: str) -> bool:
+    """Whether class accuracy can be measured on this data set here."""
+    return quality_dataset(dataset) in CLASSIFIED
+
+
 def class_metric_name(c: int | None = None) -> str:
     """class_accuracy, or class_accuracy_<c> for class c: the one place these names are spelled."""
     return "class_accuracy" if c is None else f"class_accuracy_{int(c)}"

@@ -107,3 +107,22 @@ def test_eval_quality_per_class_and_guidance_from_the_command_line(tmp_path, cap
                      "digits", *argv])
         err = capsys.readouterr().err.strip()
         assert code == 1 and err.startswith("error: ") and needle in err and "\n" not in err, err
+
+
+def test_data_without_a_classifier_get_quality_only():
+    """Class-conditional points on the toy mixture: drawn per class, scored by the true law, no class accuracy."""
+    import torch
+
+    from bfn_core import make_bfn
+    from pipelines.model_store import LoadedModel
+    from pipelines.quality.conditional import has_classifier
+    from pipelines.sample_quality import measure_sampler
+
+    assert has_classifier("digits") and not has_classifier("mixture")
+    torch.manual_seed(0)
+    bfn = make_bfn("continuous", (2,), sigma_1=0.02, hidden=16, depth=1, time_dim=8, label_classes=4)
+    loaded = LoadedModel(bfn, {"data": {"kind": "continuous", "train": None}, "training": {"compile": "off"}}, (2,))
+    point = measure_sampler(loaded, sampler="ode2", steps=3, n=32, dataset="synthetic-mixture", classes="all",
+                            guidance=1.0, guidance_space="params")
+    assert point.guidance == 1.0 and point.headline == "nll_true" and math.isfinite(point.quality)
+    assert not any(k.startswith("class_accuracy") for k in point.metrics)
