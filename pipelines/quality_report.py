@@ -16,15 +16,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pipelines.errors import PipelineError
-from pipelines.sample_quality import SamplerPoint
+from pipelines.sample_quality import SamplerPoint, guidance_parts
 
 
 def quality_metric_name(metric: str, point: SamplerPoint) -> str:
     """The MLflow metric of one of a point's metrics (module docstring)."""
-    name = f"quality_{metric}_{point.sampler}_{point.steps}"
-    if point.guidance is None:
-        return name
-    return f"{name}_w{point.guidance:g}" + (f"_{point.guidance_space}" if point.guidance else "")
+    return "_".join([f"quality_{metric}_{point.sampler}_{point.steps}", *guidance_parts(point.guidance, point.guidance_space)])
 
 
 def save_quality_plot(points: Sequence[SamplerPoint], path: str | Path, title: str = "sample quality versus NFE") -> Path:

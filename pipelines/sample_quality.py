@@ -44,14 +44,23 @@ class SamplerPoint:
 
     @property
     def label(self) -> str:
-        """The curve a point belongs to: its sampler (and grid), and its guidance when there is some."""
-        name = self.sampler if self.grid is None else f"{self.sampler} ({self.grid})"
-        if self.guidance is None:
-            return name
-        return f"{name}, w={self.guidance:g}" + (f" {self.guidance_space}" if self.guidance else "")
+        return point_label(self.sampler, self.grid, self.guidance, self.guidance_space)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def guidance_parts(guidance: float | None, space: str | None) -> list[str]:
+    """["w<w>", space] of a class-conditional point, [] of an unconditional one; the space only where w != 0
+    (at w = 0 the spaces are the same sampler). Run names, metric names and labels join these."""
+    if guidance is None:
+        return []
+    return [f"w{guidance:g}"] + ([space] if guidance else [])
+
+
+def point_label(sampler: str, grid: str | None, guidance: float | None = None, space: str | None = None) -> str:
+    """The curve a point belongs to in pictures: its sampler (and grid), and its guidance when there is some."""
+    return " ".join([sampler if grid is None else f"{sampler} ({grid})", *guidance_parts(guidance, space)])
 
 
 def model_dataset(config: dict) -> str:

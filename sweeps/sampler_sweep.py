@@ -27,8 +27,8 @@ import pandas as pd
 from pipelines.errors import PipelineError
 from pipelines.names import (ENV_MLFLOW_TRACKING_URI, TAG_ERROR, TAG_RECOMMENDED, TAG_SWEEP, TAG_SWEEP_PARENT,
                              TAG_SWEEP_PARETO, TAG_SWEEP_STATUS, TAG_SWEEP_TRIAL)
-from sweeps.sampler_spec import SamplerSweepSpec
 from pipelines.quality.conditional import CLASSIFIED, class_metric_name, has_classifier
+from sweeps.sampler_spec import SamplerSweepSpec
 from sweeps.trial import TAG_PARENT
 
 POINT_KEYS = ("sampler", "steps", "grid", "guidance", "guidance_space")  # guidance: conditional points only
@@ -76,10 +76,10 @@ def run_point(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
 def point_name(point: dict[str, Any]) -> str:
     """sampler-grid-steps[-w<w>[-space]]: a point's run name within its sweep."""
-    name = f"{point['sampler']}-{point['grid'] or 'own'}-{point['steps']}"
-    if "guidance" not in point:
-        return name
-    return f"{name}-w{point['guidance']:g}" + (f"-{point['guidance_space']}" if point["guidance"] else "")
+    from pipelines.sample_quality import guidance_parts
+
+    return "-".join([point["sampler"], point["grid"] or "own", str(point["steps"]),
+                     *guidance_parts(point.get("guidance"), point.get("guidance_space"))])
 
 
 def _params(values: dict[str, Any]):
@@ -198,17 +198,9 @@ def recommend(table: pd.DataFrame, tolerance: float, min_class_accuracy: float |
     return good.sort_values(["nfe", "seconds_per_sample"], kind="stable").iloc[0]
 
 
-def _curve(row) -> str:
-    """The line a table row belongs to in the pictures: its sampler, and its guidance setting if any."""
-    guidance = row.get("guidance")
-    if guidance is None or pd.isna(guidance):
-        return row["sampler"]
-    return f"{row['sampler']} w={guidance:g}" + (f" {row['guidance_space']}" if guidance else "")
-
-
 def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -> SamplerSweepOutcome:
     from pipelines.quality_report import save_quality_plot
-    from pipelines.sample_quality import SamplerPoint
+    from pipelines.sample_quality import SamplerPoint, point_label
     from sweeps.pareto import pareto_mask, save_pareto_plot
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +215,8 @@ def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -
         order = [k for k in ("sampler", "grid", "guidance_space", "guidance", "nfe") if k in table]
         table = table.sort_values(order, kind="stable").reset_index(drop=True)
         done = done.drop(columns=[headline], errors="ignore").rename(columns={"quality": headline})  # the same values
-        done["curve"] = done.apply(_curve, axis=1)
+        done["curve"] = [point_label(r["sampler"], None if r["grid"] == "default" else r["grid"], *_guidance(r))
+                         for _, r in done.iterrows()]
         files.append(save_pareto_plot(done, "nfe", headline, ["min", mode], out_dir / "pareto_nfe.png", log_x=True,
                                       label="curve", title=f"{name}: {headline} against network evaluations"))
         files.append(save_pareto_plot(done, "seconds_per_sample", headline, ["min", mode], out_dir / "pareto_time.png",

@@ -38,7 +38,8 @@ def test_conditional_points_have_their_own_names():
     assert quality_metric_name("fd_digits", point(None, None)) == "quality_fd_digits_ode2_20"
     assert quality_metric_name("class_accuracy", point(2.0, "params")) == "quality_class_accuracy_ode2_20_w2_params"
     assert quality_metric_name("fd_digits", point(0.0, "output")) == "quality_fd_digits_ode2_20_w0"
-    assert point(1.5, "output").label == "ode2, w=1.5 output" and point(None, None).label == "ode2"
+    assert point(1.5, "output").label == "ode2 w1.5 output" and point(None, None).label == "ode2"
+    assert point(0.0, "params").label == "ode2 w0"
     assert point_name({"sampler": "ode2", "steps": 20, "grid": None, "guidance": 1.0, "guidance_space": "params"}) \
         == "ode2-own-20-w1-params"
     text = format_points([point(0.0, "output"), point(2.0, "params")])
