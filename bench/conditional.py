@@ -41,7 +41,7 @@ from pipelines.config import ExperimentConfig  # noqa: E402
 from pipelines.errors import PipelineError  # noqa: E402
 from pipelines.model_store import LoadedModel  # noqa: E402
 from pipelines.sample_quality import measure_sampler  # noqa: E402
-from samplers import SETTINGS, bench_device, experiment, train, training_data, write_json  # noqa: E402  (bench/samplers.py: the same digits setup)
+from samplers import SETTINGS, bench_device, experiment, source_split, train, write_json  # noqa: E402  (bench/samplers.py: the same digits setup)
 
 SPACES = ("output", "params")
 CLASSES = list(range(10))
@@ -52,13 +52,6 @@ def labelled(cfg: ExperimentConfig, label_dropout: float) -> ExperimentConfig:
     """cfg with a conditioning block: the ten digit classes, label_dropout of them trained as the null class."""
     return ExperimentConfig.model_validate({**cfg.model_dump(mode="json"),
                                             "conditioning": {"num_classes": 10, "label_dropout": label_dropout}})
-
-
-def digit_labels(cfg: ExperimentConfig) -> torch.Tensor:
-    """The training split's labels, row for row with training_data (the same source split and seed)."""
-    from pipelines.data.sources import get_source
-
-    return torch.from_numpy(np.asarray(get_source("digits").load("train", seed=cfg.training.seed).labels, np.int64))
 
 
 def verdict(points: list[dict], uncond_fd: float) -> dict:
@@ -128,17 +121,12 @@ def save_picture(result: dict, path: Path) -> Path:
 
 def inpainting(model: LoadedModel, cfg: ExperimentConfig, args, device) -> dict:
     """Class accuracy of test digits completed from their top half, per resample count, with its bounds."""
-    from pipelines.data.sources import get_source
-    from pipelines.data.transforms import make_transform
     from pipelines.quality.conditional import class_accuracy
     from pipelines.sample_quality import draw
     from pipelines.sampling import Conditioning
 
-    source = get_source("digits")
-    split = source.load("test", seed=cfg.training.seed)
-    transform = make_transform(source.field, cfg.data.kind, cfg.data.num_classes, default=source.default_read)
-    truth = np.ascontiguousarray(transform(split.data))[: args.n_samples].astype(np.float32)
-    labels = np.asarray(split.labels, np.int64)[: len(truth)]
+    x, y = source_split(SETTINGS["digits"], cfg, "test")
+    truth, labels = x.numpy()[: args.n_samples].astype(np.float32), y[: args.n_samples]
     mask = np.zeros_like(truth, dtype=bool)
     mask[:, : truth.shape[1] // 2] = True  # the top half known
     blank = np.where(mask, truth, -1.0).astype(np.float32)  # the bottom half as background
@@ -215,7 +203,8 @@ def main(argv=None) -> None:
     setting = SETTINGS["digits"]
     base = experiment(setting, args.steps, args.smoke)
     cond_cfg = labelled(base, args.label_dropout)
-    x, y = training_data(setting, base), digit_labels(base)
+    x, y = source_split(setting, base)
+    y = torch.from_numpy(y)
     models, seconds = {}, {}
     for name, cfg, labels in (("conditional", cond_cfg, y), ("unconditional", base, None)):
         print(f"[{name}] training {cfg.training.steps} steps, batch {cfg.training.batch_size}, {len(x)} examples ...",

@@ -76,15 +76,17 @@ def experiment(setting: Setting, steps: int, smoke: bool) -> ExperimentConfig:
     return load_config(CONFIGS / setting.config, sets)
 
 
-def training_data(setting: Setting, cfg: ExperimentConfig) -> torch.Tensor:
-    """The source's training split in bfn_core's convention for the config's read (what the shards hold)."""
+def source_split(setting: Setting, cfg: ExperimentConfig, split: str = "train") -> tuple[torch.Tensor, np.ndarray | None]:
+    """A split of the source in bfn_core's convention for the config's read (what the shards hold), with its
+    class labels row for row (None where the source has none)."""
     from pipelines.data.sources import get_source
     from pipelines.data.transforms import make_transform
 
     source = get_source(setting.dataset)
-    split = source.load("train", seed=cfg.training.seed)
+    part = source.load(split, seed=cfg.training.seed)
     transform = make_transform(source.field, cfg.data.kind, cfg.data.num_classes, default=source.default_read)
-    return torch.from_numpy(np.ascontiguousarray(transform(split.data)))
+    labels = None if part.labels is None else np.asarray(part.labels, np.int64)
+    return torch.from_numpy(np.ascontiguousarray(transform(part.data))), labels
 
 
 def train(cfg: ExperimentConfig, x: torch.Tensor, device: torch.device,
@@ -286,7 +288,7 @@ def main(argv=None) -> None:
     for name in args.datasets:
         setting = SETTINGS[name]
         cfg = experiment(setting, args.steps or setting.steps, args.smoke)
-        x = training_data(setting, cfg)
+        x, _ = source_split(setting, cfg)
         print(f"[{name}] training {cfg.training.steps} steps, batch {cfg.training.batch_size}, "
               f"{len(x)} examples ...", file=sys.stderr, flush=True)
         ema, seconds, loss = train(cfg, x.to(device), device)

@@ -14,18 +14,11 @@ from pipelines.errors import PipelineError
 def model_alphabet(config: dict) -> str | None:
     """The symbols of a text model's classes, from its training manifest, else text8's for 27 classes."""
     from pipelines.data.text import TEXT8_ALPHABET
+    from pipelines.sampling import training_manifest
 
-    url = (config.get("data") or {}).get("train")
-    if url:
-        try:
-            from pipelines.data.manifest import load_manifest
-            from pipelines.prepare import expand_env
-
-            alphabet = load_manifest(expand_env(url)).field.alphabet
-            if alphabet:
-                return alphabet
-        except Exception:  # noqa: BLE001 - a moved manifest: fall back to the class count
-            pass
+    manifest = training_manifest(config)
+    if manifest is not None and manifest.field.alphabet:
+        return manifest.field.alphabet
     return TEXT8_ALPHABET if (config.get("data") or {}).get("num_classes") == len(TEXT8_ALPHABET) else None
 
 

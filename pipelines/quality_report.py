@@ -86,10 +86,8 @@ def evaluate_quality(ref: str, *, samplers: Sequence[str], steps: Sequence[int],
     """`bfn eval --quality`: the quality curve of a model over samplers x step counts (x guidance weights x
     spaces when classes are given), logged to its run when known. Returns (points, run id, artifacts)."""
     from pipelines.evaluation import check_precision, resolve_device
-    from pipelines.model_store import load_model
-    from pipelines.sample_quality import model_dataset, point_grid, quality_curve
-    from pipelines.sampling import check_guidance_choice, check_sampler_choice, conditioning
-    from pipelines.tracking import setup_mlflow
+    from pipelines.sample_quality import guidance_weights, model_dataset, point_grid, quality_curve
+    from pipelines.sampling import check_guidance_choice, check_sampler_choice, conditioning, resolve_model
 
     for name in samplers:
         check_sampler_choice(name, None, "sample")
@@ -97,19 +95,17 @@ def evaluate_quality(ref: str, *, samplers: Sequence[str], steps: Sequence[int],
         raise PipelineError(f"--steps must be step counts >= 1 and --n-samples >= 1, got steps {list(steps)}, n {n}")
     if guidance is not None and classes is None:
         raise PipelineError("--guidance needs --class: guidance steers samples towards classes (e.g. --class all)")
-    weights = [0.0] if classes is not None and guidance is None else guidance
+    weights = guidance_weights(classes, guidance)
     for w in weights or []:
         for space in guidance_spaces:
             check_guidance_choice(classes, w, space)
     check_precision(precision)
     dev = resolve_device(device)
-    if not Path(ref).is_dir():
-        setup_mlflow()
-    loaded = load_model(ref)
+    loaded, name = resolve_model(ref)
     if classes is not None:
-        conditioning(loaded, 1, classes=classes)  # a class the model lacks fails before any sampling
+        conditioning(loaded, 1, classes=classes, model=name)  # a class the model lacks fails before any sampling
     dataset = dataset or model_dataset(loaded.config)
-    grid = point_grid(samplers, steps, guidance=weights if classes is not None else None, spaces=guidance_spaces)
+    grid = point_grid(samplers, steps, guidance=weights, spaces=guidance_spaces)
     points = quality_curve(loaded, grid, n=n, batch_size=batch_size, seed=seed, device=dev, precision=precision,
                            dataset=dataset, classes=classes, on_point=on_point)
     artifacts = log_quality(loaded.run_id, points) if log and loaded.run_id else []

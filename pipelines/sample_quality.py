@@ -44,7 +44,9 @@ class SamplerPoint:
 
     @property
     def label(self) -> str:
-        return point_label(self.sampler, self.grid, self.guidance, self.guidance_space)
+        """The curve a point belongs to in pictures: its sampler (and grid), and its guidance when there is some."""
+        name = self.sampler if self.grid is None else f"{self.sampler} ({self.grid})"
+        return " ".join([name, *guidance_parts(self.guidance, self.guidance_space)])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,15 +54,10 @@ class SamplerPoint:
 
 def guidance_parts(guidance: float | None, space: str | None) -> list[str]:
     """["w<w>", space] of a class-conditional point, [] of an unconditional one; the space only where w != 0
-    (at w = 0 the spaces are the same sampler). Run names, metric names and labels join these."""
+    (at w = 0 the spaces are the same sampler). Run names, metric names and picture labels join these."""
     if guidance is None:
         return []
     return [f"w{guidance:g}"] + ([space] if guidance else [])
-
-
-def point_label(sampler: str, grid: str | None, guidance: float | None = None, space: str | None = None) -> str:
-    """The curve a point belongs to in pictures: its sampler (and grid), and its guidance when there is some."""
-    return " ".join([sampler if grid is None else f"{sampler} ({grid})", *guidance_parts(guidance, space)])
 
 
 def model_dataset(config: dict) -> str:
@@ -155,6 +152,14 @@ def measure_sampler(loaded: LoadedModel, *, sampler: str, steps: int, grid: str 
         metrics.update(class_accuracy(dataset, samples, cond.labels, levels=levels))
     return SamplerPoint(sampler, grid, steps, nfe, metrics, metric.name, metric.mode, seconds / n, n,
                         None if cond is None else float(guidance), None if cond is None else guidance_space)
+
+
+def guidance_weights(classes, guidance: Sequence[float] | None) -> list[float] | None:
+    """The guidance weights of a measurement: None without classes (unconditional points), else the given
+    weights or [0] (plain conditional)."""
+    if classes is None:
+        return None
+    return list(guidance) if guidance is not None else [0.0]
 
 
 def point_grid(samplers: Sequence[str], steps: Sequence[int], grids: Sequence[str | None] = (None,),

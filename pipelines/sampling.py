@@ -76,12 +76,9 @@ class Conditioning:
         return out
 
 
-def class_names(config: dict) -> list[str] | None:
-    """The class names a model's config records (conditioning.class_names), else its training manifest's
-    label field; None when neither says (a missing or moved manifest is no error: ints still work)."""
-    names = (config.get("conditioning") or {}).get("class_names")
-    if names:
-        return [str(v) for v in names]
+def training_manifest(config: dict):
+    """The manifest of a model's training shards, or None where the config names none or it does not load
+    (moved, deleted, unreachable): for conveniences (class names, a text alphabet) that must not fail sampling."""
     url = (config.get("data") or {}).get("train")
     if not url:
         return None
@@ -89,9 +86,19 @@ def class_names(config: dict) -> list[str] | None:
         from pipelines.data.manifest import load_manifest
         from pipelines.prepare import expand_env
 
-        field = load_manifest(expand_env(url)).label_field
-    except Exception:  # noqa: BLE001 - names are a convenience; ints need no manifest
+        return load_manifest(expand_env(url))
+    except Exception:  # noqa: BLE001 - see the docstring
         return None
+
+
+def class_names(config: dict) -> list[str] | None:
+    """The class names a model's config records (conditioning.class_names), else its training manifest's
+    label field; None when neither says (ints still work)."""
+    names = (config.get("conditioning") or {}).get("class_names")
+    if names:
+        return [str(v) for v in names]
+    manifest = training_manifest(config)
+    field = manifest.label_field if manifest is not None else None
     names = getattr(field, "class_names", None) if field is not None else None
     return [str(v) for v in names] if names else None
 

@@ -59,16 +59,12 @@ class SamplerSweepSpec(BaseModel):
         for w in self.guidance or []:
             check_guidance_choice(self.classes, w, self.guidance_spaces[0])
 
-    @property
-    def weights(self) -> list[float] | None:
-        """The guidance weights of the points; None: unconditional points."""
-        return None if self.classes is None else (self.guidance or [0.0])
-
     def points(self) -> list[dict]:
         """measure_sampler keywords of every point (pipelines.sample_quality.point_grid)."""
-        from pipelines.sample_quality import point_grid
+        from pipelines.sample_quality import guidance_weights, point_grid
 
-        return point_grid(self.samplers, self.steps, self.grids, self.weights, self.guidance_spaces)
+        return point_grid(self.samplers, self.steps, self.grids, guidance_weights(self.classes, self.guidance),
+                          self.guidance_spaces)
 
 
 def is_sampler_spec(path: str | Path) -> bool:

@@ -200,7 +200,7 @@ def recommend(table: pd.DataFrame, tolerance: float, min_class_accuracy: float |
 
 def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -> SamplerSweepOutcome:
     from pipelines.quality_report import save_quality_plot
-    from pipelines.sample_quality import SamplerPoint, point_label
+    from pipelines.sample_quality import SamplerPoint
     from sweeps.pareto import pareto_mask, save_pareto_plot
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,8 +215,9 @@ def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -
         order = [k for k in ("sampler", "grid", "guidance_space", "guidance", "nfe") if k in table]
         table = table.sort_values(order, kind="stable").reset_index(drop=True)
         done = done.drop(columns=[headline], errors="ignore").rename(columns={"quality": headline})  # the same values
-        done["curve"] = [point_label(r["sampler"], None if r["grid"] == "default" else r["grid"], *_guidance(r))
-                         for _, r in done.iterrows()]
+        points = [SamplerPoint(r.sampler, None if r.grid == "default" else r.grid, int(r.steps), int(r.nfe), {headline: r[headline]},
+                               headline, mode, r.seconds_per_sample, spec.n_samples, *_guidance(r)) for _, r in done.iterrows()]
+        done["curve"] = [p.label for p in points]
         files.append(save_pareto_plot(done, "nfe", headline, ["min", mode], out_dir / "pareto_nfe.png", log_x=True,
                                       label="curve", title=f"{name}: {headline} against network evaluations"))
         files.append(save_pareto_plot(done, "seconds_per_sample", headline, ["min", mode], out_dir / "pareto_time.png",
@@ -224,8 +225,6 @@ def _finish(spec, name, parent, table, registered, client, out_dir: Path, say) -
         if CLASS_ACCURACY in done:
             files.append(save_pareto_plot(done, CLASS_ACCURACY, headline, ["max", mode], out_dir / "pareto_class_accuracy.png",
                                           label="curve", title=f"{name}: {headline} against class accuracy (guidance)"))
-        points = [SamplerPoint(r.sampler, None if r.grid == "default" else r.grid, int(r.steps), int(r.nfe), {headline: r[headline]},
-                               headline, mode, r.seconds_per_sample, spec.n_samples, *_guidance(r)) for _, r in done.iterrows()]
         files.append(save_quality_plot(points, out_dir / "quality_vs_nfe.png", title=f"{name}: quality against NFE"))
         pick = recommend(table, spec.tolerance, spec.min_class_accuracy)
     table.to_csv(out_dir / "results.csv", index=False)

@@ -87,7 +87,7 @@ def run_quality(args) -> int:
     from bfn_platform.live import log_path, quiet_output
     from pipelines.errors import PipelineError
     from pipelines.quality_report import evaluate_quality, format_points
-    from pipelines.sample_quality import point_grid
+    from pipelines.sample_quality import guidance_weights, point_grid
 
     steps = parse_steps(args.steps or "10,20,50,100")
     if None in steps:
@@ -96,7 +96,7 @@ def run_quality(args) -> int:
     guidance = None if args.guidance is None else parse_floats(args.guidance, "--guidance")
     spaces = [s.strip() for s in args.guidance_space.split(",") if s.strip()]
     with quiet_output(log_path("eval"), args.verbose) as term, progress_bar(term) as bar:
-        total = len(point_grid(samplers, steps, guidance=(guidance or [0.0]) if args.classes else None, spaces=spaces))
+        total = len(point_grid(samplers, steps, guidance=guidance_weights(args.classes, guidance), spaces=spaces))
         task = bar.add_task("quality", total=total, info=f"{len(samplers)} samplers x {len(steps)} step counts"
                             + (f" x {len(guidance)} guidance weights" if guidance else ""))
         points, run_id, artifacts = evaluate_quality(
